@@ -1,0 +1,46 @@
+"""Datasets and loaders from the `data` section of the config (shared by train.py and eval.py)."""
+import functools
+
+import torch
+from torch.utils.data import DataLoader
+
+from data.coco import CocoDetection
+from data.collate import collate
+from data.samplers import build_test_sampler, build_train_batch_sampler
+from data.synthetic import ensure_shapes_dataset
+from data.transforms import build_transforms
+
+
+def dataset_paths(data_cfg):
+    """(train_images, train_ann, val_images, val_ann); the shapes set is generated on first use."""
+    if data_cfg.dataset == "shapes":
+        paths = ensure_shapes_dataset(data_cfg.shapes_root, data_cfg.shapes_num_train, data_cfg.shapes_num_val)
+        return paths["train_images"], paths["train_ann"], paths["val_images"], paths["val_ann"]
+    if data_cfg.dataset == "coco":
+        return data_cfg.train_images, data_cfg.train_ann, data_cfg.val_images, data_cfg.val_ann
+    raise ValueError(f"data.dataset must be 'coco' or 'shapes', got {data_cfg.dataset!r}")
+
+
+def build_dataset(data_cfg, train):
+    train_images, train_ann, val_images, val_ann = dataset_paths(data_cfg)
+    if train:
+        transforms = build_transforms(True, data_cfg.train_short_sides, data_cfg.max_size,
+                                      data_cfg.short_side_mode, data_cfg.flip_prob)
+        return CocoDetection(train_images, train_ann, transforms,
+                             remove_images_without_annotations=data_cfg.remove_images_without_annotations)
+    transforms = build_transforms(False, [data_cfg.test_short_side], data_cfg.max_size)
+    return CocoDetection(val_images, val_ann, transforms, remove_images_without_annotations=False)
+
+
+def build_train_loader(dataset, data_cfg, seed, distributed):
+    batch_sampler = build_train_batch_sampler(dataset, data_cfg.batch_size, shuffle=True, seed=seed,
+                                              distributed=distributed)
+    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=data_cfg.workers,
+                      collate_fn=functools.partial(collate, size_divisor=data_cfg.size_divisor),
+                      persistent_workers=data_cfg.workers > 0, pin_memory=torch.cuda.is_available())
+
+
+def build_test_loader(dataset, data_cfg, distributed):
+    """One image per batch, as mmdetection tests: results then never depend on padding or rank count."""
+    return DataLoader(dataset, batch_size=1, sampler=build_test_sampler(dataset, distributed),
+                      num_workers=data_cfg.workers, collate_fn=functools.partial(collate, size_divisor=data_cfg.size_divisor))

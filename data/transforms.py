@@ -1,0 +1,124 @@
+"""Image + target transforms for detection.
+
+Each transform is a callable (image, target) -> (image, target). The image is a PIL RGB image until
+`Normalize`, which turns it into a float tensor [3, H, W]. The target dict follows
+data.coco.CocoDetection: 'boxes' float tensor [N, 4] xyxy in pixels of the current image, 'size'
+(h, w) of the current image, 'scale' (current size / original size); other keys pass through.
+Randomness uses torch's generator, which DataLoader seeds per worker.
+"""
+import torch
+from PIL import Image
+
+import numpy as np
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)  # RGB, on 0..255 pixels (ImageNet statistics)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+class Compose:
+    """Apply transforms in order."""
+
+    def __init__(self, transforms):
+        self.transforms = list(transforms)
+
+    def __call__(self, image, target):
+        for transform in self.transforms:
+            image, target = transform(image, target)
+        return image, target
+
+    def __repr__(self):
+        return "Compose(" + ", ".join(repr(transform) for transform in self.transforms) + ")"
+
+
+class Resize:
+    """Resize keeping the aspect ratio: scale = min(short / short_side, max_size / long_side).
+
+    Args:
+        short_sides: target lengths of the short side. mode 'choice' picks one of them per image;
+            mode 'range' draws an integer uniformly in [min(short_sides), max(short_sides)].
+        max_size: cap on the long side after resizing.
+    The image is resized to (round(w * scale), round(h * scale)) with bilinear filtering; boxes are
+    multiplied by the same single `scale` (so original = resized / scale exactly, which is what
+    post-processing undoes) and clipped to the new size.
+    """
+
+    def __init__(self, short_sides, max_size, mode="choice"):
+        if mode not in ("choice", "range"):
+            raise ValueError(f"Resize mode must be 'choice' or 'range', got {mode!r}")
+        self.short_sides = [int(side) for side in short_sides]
+        if not self.short_sides:
+            raise ValueError("Resize needs at least one short side")
+        self.max_size = int(max_size)
+        self.mode = mode
+
+    def _short_side(self):
+        if self.mode == "range":
+            low, high = min(self.short_sides), max(self.short_sides)
+            return int(torch.randint(low, high + 1, ()).item())
+        return self.short_sides[int(torch.randint(len(self.short_sides), ()).item())]
+
+    def __call__(self, image, target):
+        width, height = image.size
+        scale = min(self._short_side() / min(width, height), self.max_size / max(width, height))
+        new_width, new_height = max(1, round(width * scale)), max(1, round(height * scale))
+        image = image.resize((new_width, new_height), Image.BILINEAR)
+        target = dict(target)
+        boxes = target["boxes"] * scale
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, new_width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, new_height)
+        target["boxes"] = boxes
+        target["size"] = (new_height, new_width)
+        target["scale"] = float(target.get("scale", 1.0)) * scale
+        return image, target
+
+    def __repr__(self):
+        return f"Resize(short_sides={self.short_sides}, max_size={self.max_size}, mode={self.mode!r})"
+
+
+class RandomHorizontalFlip:
+    """Mirror the image and its boxes left-right with probability p."""
+
+    def __init__(self, p=0.5):
+        self.p = float(p)
+
+    def __call__(self, image, target):
+        if self.p <= 0 or torch.rand(()).item() >= self.p:
+            return image, target
+        width = image.size[0]
+        image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        target = dict(target)
+        boxes = target["boxes"].clone()
+        boxes[:, 0], boxes[:, 2] = width - target["boxes"][:, 2], width - target["boxes"][:, 0]
+        target["boxes"] = boxes
+        return image, target
+
+    def __repr__(self):
+        return f"RandomHorizontalFlip(p={self.p})"
+
+
+class Normalize:
+    """PIL RGB image (0..255) -> float tensor [3, H, W] = (pixel - mean) / std; target unchanged."""
+
+    def __init__(self, mean=PIXEL_MEAN, std=PIXEL_STD):
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    def __call__(self, image, target):
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())  # [H, W, 3]
+        tensor = pixels.permute(2, 0, 1).float()  # [3, H, W]
+        return (tensor - self.mean) / self.std, target
+
+    def __repr__(self):
+        return f"Normalize(mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"
+
+
+def build_transforms(train, short_sides, max_size, mode="choice", flip_prob=0.5):
+    """Training: Resize(short_sides, mode) + RandomHorizontalFlip(flip_prob) + Normalize.
+    Testing: Resize to the largest of short_sides (single scale) + Normalize.
+    """
+    if isinstance(short_sides, int):
+        short_sides = [short_sides]
+    if train:
+        return Compose([Resize(short_sides, max_size, mode), RandomHorizontalFlip(flip_prob),
+                        Normalize()])
+    return Compose([Resize([max(short_sides)], max_size), Normalize()])

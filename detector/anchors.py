@@ -1,0 +1,52 @@
+"""Anchors for all FPN levels at once, shared by every image of a batch.
+
+Order: level-major (P3 first); inside a level, locations row-major (y, then x); inside a location,
+the K = len(ratios) x scales_per_octave anchors (ratio-major). This matches the head's flattening
+[B, K * C, H, W] -> [B, H, W, K, C] -> [B, H * W * K, C].
+"""
+import torch
+
+
+class AnchorGenerator:
+    """Anchor boxes [A, 4] (xyxy pixels), their strides [A] and the count per level.
+
+    Grid centres sit at (i + offset) * stride (offset 0 as mmdetection). Anchor sides are
+    stride * octave_base_scale * 2^(k / scales_per_octave) for k < scales_per_octave, reshaped by
+    each ratio r = h / w keeping the area. RetinaNet: 4 * 2^(k/3), 3 ratios -> 9 anchors per location
+    (32..813 px over strides 8..128); ATSS / GFL: octave_base_scale 8, one scale, ratio 1.
+    """
+
+    def __init__(self, strides, octave_base_scale, scales_per_octave, ratios, offset=0.0):
+        self.strides = list(strides)
+        self.offset = offset
+        scales = octave_base_scale * 2.0 ** (torch.arange(scales_per_octave, dtype=torch.float64) / scales_per_octave)
+        ratios = torch.as_tensor(ratios, dtype=torch.float64)
+        h_ratios = ratios.sqrt()
+        w_ratios = 1.0 / h_ratios
+        widths = (w_ratios[:, None] * scales[None, :]).reshape(-1)   # [K] in stride units
+        heights = (h_ratios[:, None] * scales[None, :]).reshape(-1)  # [K]
+        self.base = torch.stack([-widths, -heights, widths, heights], dim=1) / 2  # [K, 4]
+        self.num_per_location = self.base.shape[0]
+        self._cache = {}
+
+    def __call__(self, feature_sizes, device):
+        """feature_sizes: [(H_l, W_l)] per level -> (anchors [A, 4], strides [A], num_per_level [L])."""
+        key = (tuple(tuple(s) for s in feature_sizes), str(device))
+        if key not in self._cache:
+            anchors, strides, counts = [], [], []
+            for (height, width), stride in zip(feature_sizes, self.strides):
+                ys = (torch.arange(height, dtype=torch.float64) + self.offset) * stride
+                xs = (torch.arange(width, dtype=torch.float64) + self.offset) * stride
+                cy, cx = torch.meshgrid(ys, xs, indexing="ij")
+                centres = torch.stack([cx, cy, cx, cy], dim=-1).reshape(-1, 1, 4)   # [H*W, 1, 4]
+                level = (centres + self.base[None] * stride).reshape(-1, 4)           # [H*W*K, 4]
+                anchors.append(level)
+                strides.append(torch.full((level.shape[0],), float(stride), dtype=torch.float64))
+                counts.append(level.shape[0])
+            self._cache[key] = (torch.cat(anchors).float().to(device), torch.cat(strides).float().to(device), counts)
+        return self._cache[key]
+
+
+def anchor_centers(anchors):
+    """[A, 4] -> [A, 2] centre (x, y)."""
+    return (anchors[:, :2] + anchors[:, 2:]) / 2

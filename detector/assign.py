@@ -1,0 +1,258 @@
+"""Anchor-to-ground-truth assignment for dense detectors, batched over images.
+
+Both assigners follow the package assignment contract: they return ``matched`` of shape [B, A]
+(int64) where a value >= 0 is the index of the matched GT along M, -1 means background and -2
+means ignore (the anchor contributes to no classification loss).
+
+Shape glossary: B images, A anchors over all levels concatenated level-major (P3 first),
+M max GTs per image (padded, with a validity mask), L levels. Boxes are xyxy pixels.
+
+Padding GTs (``gt_valid`` False) and crowd GTs (``gt_crowd`` True) never become positives:
+their IoU is replaced by -1 before matching. Crowd boxes instead mark ignore regions: an anchor
+that is not positive and whose intersection-over-anchor-area (IoF) with any crowd box of its
+image is >= ``crowd_iof_thr`` becomes -2.
+"""
+from __future__ import annotations
+
+import torch
+
+from detector.box_ops import box_iou
+
+BACKGROUND = -1
+IGNORE = -2
+
+
+def _batched_iou(gt_boxes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """IoU between every GT of every image and every anchor.
+
+    Args:
+        gt_boxes: [B, M, 4] xyxy.
+        anchors: [A, 4] xyxy.
+
+    Returns:
+        [B, M, A] IoU with mmdet ``bbox_overlaps`` semantics (overlap / max(union, 1e-6)).
+    """
+    return box_iou(gt_boxes, anchors)
+
+
+def _crowd_iof(gt_boxes: torch.Tensor, crowd_mask: torch.Tensor, anchors: torch.Tensor,
+               eps: float = 1e-6) -> torch.Tensor:
+    """Largest intersection-over-anchor-area of each anchor with the crowd boxes of its image.
+
+    Args:
+        gt_boxes: [B, M, 4] xyxy.
+        crowd_mask: [B, M] bool, True for boxes that are (valid) crowd regions.
+        anchors: [A, 4] xyxy.
+        eps: lower bound of the anchor area.
+
+    Returns:
+        [B, A] max IoF over crowd boxes, 0 where the image has no crowd box.
+    """
+    boxes = gt_boxes[:, :, None, :]                                               # [B, M, 1, 4]
+    width = (torch.minimum(boxes[..., 2], anchors[:, 2]) - torch.maximum(boxes[..., 0], anchors[:, 0])).clamp(min=0)
+    height = (torch.minimum(boxes[..., 3], anchors[:, 3]) - torch.maximum(boxes[..., 1], anchors[:, 1])).clamp(min=0)
+    intersection = width * height                                                 # [B, M, A]
+    anchor_area = ((anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1])).clamp(min=eps)
+    iof = intersection / anchor_area
+    iof = torch.where(crowd_mask[:, :, None], iof, torch.zeros_like(iof))
+    return iof.amax(dim=1)
+
+
+def _apply_crowd_rule(matched: torch.Tensor, gt_boxes: torch.Tensor, gt_valid: torch.Tensor,
+                      gt_crowd: torch.Tensor | None, anchors: torch.Tensor,
+                      crowd_iof_thr: float) -> torch.Tensor:
+    """Turn non-positive anchors that lie mostly inside a crowd box into ignore (-2)."""
+    if gt_crowd is None or gt_boxes.shape[1] == 0:
+        return matched
+    crowd_mask = gt_crowd & gt_valid
+    crowd_count = int(crowd_mask.sum(dim=1).max())            # one host sync; crowd boxes are rare
+    if crowd_count == 0:
+        return matched
+    # Move each image's crowd boxes to the front and keep only those: [B, crowd_count].
+    order = torch.argsort((~crowd_mask).to(torch.uint8), dim=1, stable=True)[:, :crowd_count]
+    crowd_boxes = gt_boxes.gather(1, order[..., None].expand(-1, -1, 4))
+    iof = _crowd_iof(crowd_boxes, crowd_mask.gather(1, order), anchors)
+    in_crowd = (iof >= crowd_iof_thr) & crowd_mask.any(dim=1, keepdim=True)
+    return torch.where((matched < 0) & in_crowd, torch.full_like(matched, IGNORE), matched)
+
+
+def _matchable(gt_valid: torch.Tensor, gt_crowd: torch.Tensor | None) -> torch.Tensor:
+    """[B, M] bool: GTs that may become positives (valid and not crowd)."""
+    return gt_valid if gt_crowd is None else gt_valid & ~gt_crowd
+
+
+def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """Run the assignment in at least float32 (half precision IoUs are too coarse)."""
+    return torch.promote_types(tensor.dtype, torch.float32)
+
+
+@torch.no_grad()
+def max_iou_assign(anchors: torch.Tensor,
+                   gt_boxes: torch.Tensor,
+                   gt_valid: torch.Tensor,
+                   gt_crowd: torch.Tensor | None = None,
+                   pos_iou_thr: float = 0.5,
+                   neg_iou_thr: float = 0.4,
+                   min_pos_iou: float = 0.0,
+                   low_quality: str = 'mmdet',
+                   crowd_iof_thr: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max-IoU assignment (RetinaNet), batched, with mmdet ``MaxIoUAssigner`` semantics.
+
+    Steps, per image (all images at once):
+      1. IoU of every matchable GT with every anchor; padding and crowd GTs get IoU -1.
+      2. Every anchor starts as ignore (-2). Max IoU over GTs < ``neg_iou_thr`` -> background (-1).
+         Max IoU >= ``pos_iou_thr`` -> its argmax GT (first index on ties).
+      3. Low-quality matches (``low_quality``):
+         - ``'mmdet'``: for each GT i in order whose best IoU over anchors is >= ``min_pos_iou``,
+           every anchor whose IoU with GT i equals that best value goes to GT i; a later GT
+           overwrites an earlier one. A GT overlapping no anchor has best IoU 0, so with
+           ``min_pos_iou`` 0 every anchor with IoU 0 to it becomes its positive (mmdet quirk,
+           kept on purpose).
+         - ``'torchvision'``: every anchor that is some GT's best anchor (ties included, same
+           ``min_pos_iou`` condition) is matched to its own argmax GT.
+         - ``'none'``: no low-quality pass.
+      4. Crowd rule: a non-positive anchor with IoF >= ``crowd_iof_thr`` to a crowd box -> -2.
+    An image without matchable GT gets all -1 (before the crowd rule).
+
+    Args:
+        anchors: [A, 4] xyxy anchors of all levels.
+        gt_boxes: [B, M, 4] xyxy GT boxes, padded.
+        gt_valid: [B, M] bool, False for padding.
+        gt_crowd: optional [B, M] bool, True for crowd (iscrowd) boxes.
+        pos_iou_thr: IoU at or above which an anchor is positive.
+        neg_iou_thr: IoU below which an anchor is background.
+        min_pos_iou: smallest best-IoU for which a GT takes its low-quality matches.
+        low_quality: ``'mmdet'``, ``'torchvision'`` or ``'none'``.
+        crowd_iof_thr: IoF with a crowd box at or above which a non-positive anchor is ignored.
+
+    Returns:
+        matched: [B, A] int64, GT index >= 0, -1 background, -2 ignore.
+        max_iou: [B, A] largest IoU of each anchor with a matchable GT (0 if the image has none).
+    """
+    if low_quality not in ('mmdet', 'torchvision', 'none'):
+        raise ValueError(f"low_quality must be 'mmdet', 'torchvision' or 'none', got {low_quality!r}")
+    dtype = _compute_dtype(anchors)
+    anchors = anchors.to(dtype)
+    gt_boxes = gt_boxes.to(dtype)
+    gt_valid = gt_valid.bool()
+    gt_crowd = None if gt_crowd is None else gt_crowd.bool()
+    batch_size, max_gts = gt_boxes.shape[:2]
+    num_anchors = anchors.shape[0]
+    device = anchors.device
+    if max_gts == 0 or num_anchors == 0:
+        matched = torch.full((batch_size, num_anchors), BACKGROUND, dtype=torch.long, device=device)
+        max_iou = torch.zeros((batch_size, num_anchors), dtype=dtype, device=device)
+        return _apply_crowd_rule(matched, gt_boxes, gt_valid, gt_crowd, anchors, crowd_iof_thr), max_iou
+
+    matchable = _matchable(gt_valid, gt_crowd)                                    # [B, M]
+    iou = _batched_iou(gt_boxes, anchors)                                         # [B, M, A]
+    iou = torch.where(matchable[:, :, None], iou, torch.full_like(iou, -1.0))
+    max_iou, argmax_gt = iou.max(dim=1)                                           # [B, A]
+
+    matched = torch.full((batch_size, num_anchors), IGNORE, dtype=torch.long, device=device)
+    matched = torch.where(max_iou < neg_iou_thr, torch.full_like(matched, BACKGROUND), matched)
+    matched = torch.where(max_iou >= pos_iou_thr, argmax_gt, matched)
+
+    if low_quality != 'none':
+        gt_best_iou = iou.amax(dim=2, keepdim=True)                               # [B, M, 1]
+        takes_low_quality = matchable[:, :, None] & (gt_best_iou >= min_pos_iou)
+        is_best_anchor = (iou == gt_best_iou) & takes_low_quality                 # [B, M, A]
+        if low_quality == 'mmdet':
+            gt_index = torch.arange(max_gts, device=device).view(1, max_gts, 1)
+            last_gt = torch.where(is_best_anchor, gt_index, torch.full_like(gt_index, -1)).amax(dim=1)
+            matched = torch.where(last_gt >= 0, last_gt, matched)
+        else:
+            matched = torch.where(is_best_anchor.any(dim=1), argmax_gt, matched)
+
+    has_gt = matchable.any(dim=1, keepdim=True)                                   # [B, 1]
+    matched = torch.where(has_gt, matched, torch.full_like(matched, BACKGROUND))
+    max_iou = max_iou.clamp(min=0)
+    return _apply_crowd_rule(matched, gt_boxes, gt_valid, gt_crowd, anchors, crowd_iof_thr), max_iou
+
+
+@torch.no_grad()
+def atss_assign(anchors: torch.Tensor,
+                num_anchors_per_level: list[int],
+                gt_boxes: torch.Tensor,
+                gt_valid: torch.Tensor,
+                gt_crowd: torch.Tensor | None = None,
+                topk: int = 9,
+                anchors_per_location: int = 1,
+                crowd_iof_thr: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adaptive Training Sample Selection (ATSS), batched, with mmdet ``ATSSAssigner`` semantics.
+
+    Steps, for every image and every matchable GT at once:
+      1. IoU between each anchor box and each GT (mmdet ``bbox_overlaps``).
+      2. Squared L2 distance between anchor centres and GT centres (same order as L2).
+      3. Per level, the k = min(topk * anchors_per_location, anchors in the level) anchors with
+         the nearest centres are candidates (a level with fewer anchors than k gives all of them).
+      4. Threshold per GT = mean + std of the candidates' IoUs over all levels; std is unbiased
+         (``torch.std`` default), so a GT with a single candidate gets NaN and no positive.
+      5. A candidate is positive when IoU >= threshold and the anchor centre lies strictly
+         inside the GT: min(cx - x1, cy - y1, x2 - cx, y2 - cy) > 0.01.
+      6. An anchor positive for several GTs takes the GT of highest IoU (lowest index on exact
+         ties). Every other anchor is background (-1).
+      7. Crowd rule: a non-positive anchor with IoF >= ``crowd_iof_thr`` to a crowd box -> -2.
+    Padding and crowd GTs never have candidates that become positive.
+
+    Args:
+        anchors: [A, 4] xyxy anchors of all levels, level-major.
+        num_anchors_per_level: L ints summing to A.
+        gt_boxes: [B, M, 4] xyxy GT boxes, padded.
+        gt_valid: [B, M] bool, False for padding.
+        gt_crowd: optional [B, M] bool, True for crowd (iscrowd) boxes.
+        topk: candidates per level and per GT for one anchor per location.
+        anchors_per_location: anchors at each location; k scales to ``topk * anchors_per_location``.
+        crowd_iof_thr: IoF with a crowd box at or above which a non-positive anchor is ignored.
+
+    Returns:
+        matched: [B, A] int64, GT index >= 0, -1 background, -2 ignore.
+        iou_threshold: [B, M] the per-GT threshold mean + std (0 for padding and crowd GTs).
+    """
+    dtype = _compute_dtype(anchors)
+    anchors = anchors.to(dtype)
+    gt_boxes = gt_boxes.to(dtype)
+    gt_valid = gt_valid.bool()
+    gt_crowd = None if gt_crowd is None else gt_crowd.bool()
+    batch_size, max_gts = gt_boxes.shape[:2]
+    num_anchors = anchors.shape[0]
+    device = anchors.device
+    if sum(num_anchors_per_level) != num_anchors:
+        raise ValueError(f'num_anchors_per_level sums to {sum(num_anchors_per_level)}, expected {num_anchors}')
+    matched = torch.full((batch_size, num_anchors), BACKGROUND, dtype=torch.long, device=device)
+    iou_threshold = torch.zeros((batch_size, max_gts), dtype=dtype, device=device)
+    if max_gts == 0 or num_anchors == 0:
+        return _apply_crowd_rule(matched, gt_boxes, gt_valid, gt_crowd, anchors, crowd_iof_thr), iou_threshold
+
+    matchable = _matchable(gt_valid, gt_crowd)                                    # [B, M]
+    iou = _batched_iou(gt_boxes, anchors)                                         # [B, M, A]
+    anchor_centres = (anchors[:, :2] + anchors[:, 2:]) / 2.0                      # [A, 2]
+    gt_centres = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2.0                    # [B, M, 2]
+    squared_distance = (anchor_centres[None, None] - gt_centres[:, :, None]).pow(2).sum(-1)
+
+    candidate_indices = []
+    start = 0
+    for level_size in num_anchors_per_level:
+        k = min(topk * anchors_per_location, level_size)
+        if k > 0:
+            _, nearest = squared_distance[..., start:start + level_size].topk(k, dim=-1, largest=False)
+            candidate_indices.append(nearest + start)
+        start += level_size
+    candidate_indices = torch.cat(candidate_indices, dim=-1)                      # [B, M, K]
+    candidate_iou = iou.gather(-1, candidate_indices)                             # [B, M, K]
+    threshold = candidate_iou.mean(dim=-1) + candidate_iou.std(dim=-1)            # [B, M]
+
+    candidate_centres = anchor_centres[candidate_indices]                         # [B, M, K, 2]
+    side_distance = torch.cat([candidate_centres - gt_boxes[:, :, None, :2],
+                               gt_boxes[:, :, None, 2:] - candidate_centres], dim=-1)
+    centre_inside = side_distance.amin(dim=-1) > 0.01                             # [B, M, K]
+    is_positive = (candidate_iou >= threshold[..., None]) & centre_inside & matchable[..., None]
+
+    negative_infinity = torch.tensor(float('-inf'), dtype=dtype, device=device)
+    positive_iou = torch.full_like(iou, float('-inf'))
+    positive_iou.scatter_(-1, candidate_indices, torch.where(is_positive, candidate_iou, negative_infinity))
+    best_iou, best_gt = positive_iou.max(dim=1)                                   # [B, A]
+    matched = torch.where(best_iou > negative_infinity, best_gt, matched)
+
+    iou_threshold = torch.where(matchable, threshold, iou_threshold)
+    return _apply_crowd_rule(matched, gt_boxes, gt_valid, gt_crowd, anchors, crowd_iof_thr), iou_threshold

@@ -1,0 +1,108 @@
+"""ResNet (torchvision) + FPN producing P3..P7.
+
+ResNet stages C3, C4, C5 have strides 8, 16, 32. The FPN maps them to `out_channels`, adds the
+top-down path with nearest upsampling, then P6 by a stride-2 3x3 conv on C5 (RetinaNet) or on P5
+(ATSS, GFL), and P7 = conv(relu(P6)) (REFERENCE.md, ours, as torchvision and detectron2).
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import resnet
+from torchvision.ops import FrozenBatchNorm2d
+
+RESNETS = {
+    18: (resnet.resnet18, resnet.ResNet18_Weights.IMAGENET1K_V1, [128, 256, 512]),
+    34: (resnet.resnet34, resnet.ResNet34_Weights.IMAGENET1K_V1, [128, 256, 512]),
+    50: (resnet.resnet50, resnet.ResNet50_Weights.IMAGENET1K_V1, [512, 1024, 2048]),
+    101: (resnet.resnet101, resnet.ResNet101_Weights.IMAGENET1K_V1, [512, 1024, 2048]),
+}
+NORMS = {"frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d}
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights could not be had; the message says what to do."""
+
+
+def load_pretrained(model, depth, pretrained):
+    """Load ImageNet weights into `model`: 'torchvision' downloads (cached), anything else is a local file."""
+    if pretrained == "torchvision":
+        weights = RESNETS[depth][1]
+        try:
+            state = weights.get_state_dict(progress=False, check_hash=True)
+        except Exception as error:  # URLError, socket errors, hash errors: all mean 'no usable download'
+            raise PretrainedWeightsError(
+                f"could not download torchvision ResNet-{depth} weights ({type(error).__name__}); offline, "
+                f"fetch {weights.url} elsewhere and pass model.backbone.pretrained=/path/to/{weights.url.split('/')[-1]}"
+            ) from None
+    else:
+        try:
+            state = torch.load(pretrained, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise PretrainedWeightsError(f"pretrained weights file not found: {pretrained}") from None
+        state = state.get("state_dict", state.get("model", state))
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise PretrainedWeightsError(
+            f"{pretrained}: not a ResNet-{depth} state dict (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+class ResNetBackbone(nn.Module):
+    """Returns C3, C4, C5 of a torchvision ResNet; stages up to `frozen_stages` have no gradient.
+
+    frozen_stages: -1 none, 0 the stem, 1 the stem and stage 1 (reference), ... 4 all.
+    """
+
+    def __init__(self, depth=50, frozen_stages=1, norm="frozen_bn", pretrained="torchvision"):
+        super().__init__()
+        if depth not in RESNETS:
+            raise ValueError(f"model.backbone.depth must be one of {sorted(RESNETS)}, got {depth}")
+        if norm not in NORMS:
+            raise ValueError(f"model.backbone.norm must be one of {sorted(NORMS)}, got {norm!r}")
+        build, _, self.out_channels = RESNETS[depth]
+        body = build(weights=None, norm_layer=NORMS[norm])
+        if pretrained:
+            load_pretrained(body, depth, pretrained)
+        self.stem = nn.Sequential(body.conv1, body.bn1, body.relu, body.maxpool)
+        self.stages = nn.ModuleList([body.layer1, body.layer2, body.layer3, body.layer4])
+        frozen = ([self.stem] if frozen_stages >= 0 else []) + list(self.stages[:max(frozen_stages, 0)])
+        for module in frozen:
+            for parameter in module.parameters():
+                parameter.requires_grad_(False)
+
+    def forward(self, images):
+        x = self.stem(images)
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features[1:]  # C3 [B, c3, H/8, W/8], C4 [.., H/16, ..], C5 [.., H/32, ..]
+
+
+class FPN(nn.Module):
+    """C3..C5 -> P3..P7, each [B, out_channels, H / stride, W / stride]."""
+
+    def __init__(self, in_channels, out_channels=256, extra_from="c5"):
+        super().__init__()
+        if extra_from not in ("c5", "p5"):
+            raise ValueError(f"model.fpn.extra_from must be 'c5' or 'p5', got {extra_from!r}")
+        self.extra_from = extra_from
+        self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
+        self.output = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels)
+        p6_in = in_channels[-1] if extra_from == "c5" else out_channels
+        self.p6 = nn.Conv2d(p6_in, out_channels, 3, stride=2, padding=1)
+        self.p7 = nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, features):
+        laterals = [conv(f) for conv, f in zip(self.lateral, features)]
+        for i in range(len(laterals) - 1, 0, -1):  # top-down: P5 -> P4 -> P3
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
+        outputs = [conv(x) for conv, x in zip(self.output, laterals)]
+        p6 = self.p6(features[-1] if self.extra_from == "c5" else outputs[-1])
+        p7 = self.p7(F.relu(p6))
+        return outputs + [p6, p7]

@@ -1,0 +1,279 @@
+"""Configuration: typed defaults in code, YAML files that state only the difference, dotted CLI overrides.
+
+    cfg = load_config("gfl_r50.yaml", ["optim.lr=0.02", "data.batch_size=4"])
+
+A YAML file may name one `base: other.yaml` (relative to itself); the base may not name another.
+Values are checked against the dataclass field types; an unknown key is an error that names it and
+suggests the nearest valid keys. Defaults are the COCO 1x RetinaNet R50 settings of REFERENCE.md.
+"""
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+
+import yaml
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key."""
+
+
+@dataclass
+class BackboneConfig:
+    depth: int = 50                      # ResNet-18/34/50/101 from torchvision
+    frozen_stages: int = 1               # stem + stage 1 frozen (reference); -1 trains everything
+    norm: str = "frozen_bn"              # frozen_bn (reference, pretrained) | bn (trainable, from scratch)
+    pretrained: typing.Optional[str] = "torchvision"  # 'torchvision' ImageNet weights | a local .pth path | null
+
+
+@dataclass
+class FPNConfig:
+    out_channels: int = 256
+    extra_from: str = "c5"               # P6 from 'c5' (RetinaNet) or from 'p5' (ATSS, GFL)
+
+
+@dataclass
+class HeadConfig:
+    type: str = "retinanet"              # retinanet | atss | gfl
+    stacked_convs: int = 4
+    feat_channels: int = 256
+    norm: typing.Optional[str] = None    # None (RetinaNet) | gn (GroupNorm(32), ATSS and GFL)
+    prior_prob: float = 0.01             # classification bias b = -log((1 - pi) / pi)
+    reg_max: int = 16                    # GFL: distances in 0..reg_max stride units (reg_max + 1 bins)
+
+
+@dataclass
+class AnchorConfig:
+    octave_base_scale: float = 4.0       # anchor side = stride * octave_base_scale * 2^(k / scales_per_octave)
+    scales_per_octave: int = 3
+    ratios: typing.List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    strides: typing.List[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
+    offset: float = 0.0                  # grid centres at (i + offset) * stride; 0 as mmdetection
+
+
+@dataclass
+class AssignerConfig:
+    type: str = "max_iou"                # max_iou | atss
+    pos_iou_thr: float = 0.5
+    neg_iou_thr: float = 0.4
+    min_pos_iou: float = 0.0
+    low_quality: str = "mmdet"           # mmdet | torchvision | none (low-quality matches of max-IoU)
+    topk: int = 9                        # ATSS candidates per level (x anchors per location)
+    crowd_iof_thr: float = 0.5           # anchors this much inside a crowd box are ignored, not negative
+
+
+@dataclass
+class LossConfig:
+    type: str = "focal"                  # a name from the table in losses/__init__.py
+    weight: float = 1.0
+    params: typing.Dict[str, typing.Any] = field(default_factory=dict)  # keyword arguments of the loss function
+
+
+@dataclass
+class TestConfig:
+    score_thr: float = 0.05
+    nms_pre: int = 1000                  # top-k candidates per level before NMS
+    nms_iou: float = 0.5                 # 0.5 RetinaNet, 0.6 ATSS / GFL
+    max_per_img: int = 100
+
+
+@dataclass
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    fpn: FPNConfig = field(default_factory=FPNConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    assigner: AssignerConfig = field(default_factory=AssignerConfig)
+    loss_cls: LossConfig = field(default_factory=lambda: LossConfig("focal", 1.0, {"alpha": 0.25, "gamma": 2.0}))
+    loss_box: LossConfig = field(default_factory=lambda: LossConfig("l1", 1.0))
+    loss_dfl: LossConfig = field(default_factory=lambda: LossConfig("distribution_focal", 0.25))
+    loss_centerness: LossConfig = field(default_factory=lambda: LossConfig("bce", 1.0))
+    test: TestConfig = field(default_factory=TestConfig)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "coco"                # coco | shapes (embedded synthetic set, generated on first use)
+    train_images: str = "datasets/coco/train2017"
+    train_ann: str = "datasets/coco/annotations/instances_train2017.json"
+    val_images: str = "datasets/coco/val2017"
+    val_ann: str = "datasets/coco/annotations/instances_val2017.json"
+    shapes_root: str = "datasets/shapes"  # where the shapes set is written (git-ignored)
+    shapes_num_train: int = 1200
+    shapes_num_val: int = 200
+    train_short_sides: typing.List[int] = field(default_factory=lambda: [800])
+    short_side_mode: str = "choice"      # choice: one of train_short_sides | range: uniform in [min, max]
+    max_size: int = 1333
+    test_short_side: int = 800
+    flip_prob: float = 0.5
+    remove_images_without_annotations: bool = True
+    batch_size: int = 2                  # per process; total = batch_size x world size
+    workers: int = 2
+    size_divisor: int = 32
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.01                     # at base_batch_size; scaled linearly to the real total batch
+    base_batch_size: int = 16
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.001          # warmup starts at warmup_ratio x lr
+    milestones: typing.List[int] = field(default_factory=lambda: [8, 11])  # epochs where lr x gamma
+    gamma: float = 0.1
+    grad_clip: typing.Optional[float] = None  # max L2 norm of all gradients; null disables
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 12
+    eval_interval: int = 12              # evaluate every N epochs (and always at the end)
+    checkpoint_interval: int = 1         # keep epoch_N.pth every N epochs (last.pth always)
+    log_interval: int = 50
+    seed: int = 0
+    device: str = "auto"                 # auto | cpu | cuda
+    amp: bool = False
+    max_iters: typing.Optional[int] = None  # stop early after this many iterations (tests, smoke runs)
+
+
+@dataclass
+class Config:
+    name: str = "default"
+    work_dir: typing.Optional[str] = None  # default work_dirs/<name>
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+def resolve_config_path(path):
+    """`path` as given, else configs/<path>; a missing file is a ConfigError."""
+    for candidate in (path, os.path.join(CONFIG_DIR, path)):
+        if os.path.isfile(candidate):
+            return candidate
+    raise ConfigError(f"config file not found: {path} (looked in . and {CONFIG_DIR})")
+
+
+def _read_yaml(path):
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: invalid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def merge_dicts(base, override):
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "params":
+            out[key] = merge_dicts(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _type_ok(value, annotation):
+    origin = typing.get_origin(annotation)
+    if annotation is typing.Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if origin in (list, tuple):
+        (item,) = typing.get_args(annotation)[:1]
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def _type_name(annotation):
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _build(cls, data, prefix):
+    """Dataclass `cls` from the nested dict `data`, checking keys and types."""
+    hints = typing.get_type_hints(cls)
+    instance = cls()
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in hints:
+            nearby = difflib.get_close_matches(key, list(hints), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(prefix + n for n in nearby)}?" if nearby else ""
+            raise ConfigError(f"unknown config key '{dotted}'{hint} (valid: {', '.join(hints)})")
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{dotted}' must be a mapping, got {value!r}")
+            value = _build(annotation, value, dotted + ".")
+        elif not _type_ok(value, annotation):
+            raise ConfigError(f"config key '{dotted}' expects {_type_name(annotation)}, got {value!r}")
+        elif annotation is float and isinstance(value, int):
+            value = float(value)
+        setattr(instance, key, value)
+    return instance
+
+
+def parse_overrides(overrides):
+    """['optim.lr=0.02', ...] -> nested dict; values parsed as YAML ('0.02' -> float, '[1,2]' -> list)."""
+    nested = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like dotted.key=value")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"override '{item}': value is not valid YAML") from None
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def load_config(path=None, overrides=()):
+    """Defaults <- base file <- config file <- CLI overrides, type-checked. `name` defaults to the file stem."""
+    data = {}
+    if path is not None:
+        path = resolve_config_path(path)
+        data = _read_yaml(path)
+        base = data.pop("base", None)
+        if base is not None:
+            base_path = resolve_config_path(os.path.join(os.path.dirname(path), base))
+            base_data = _read_yaml(base_path)
+            if "base" in base_data:
+                raise ConfigError(f"{base_path}: a base file may not name another base")
+            data = merge_dicts(base_data, data)
+        data.setdefault("name", os.path.splitext(os.path.basename(path))[0])
+    data = merge_dicts(data, parse_overrides(overrides))
+    return _build(Config, data, "")
+
+
+def config_to_dict(cfg):
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(data):
+    """Inverse of config_to_dict (used when a checkpoint carries its config)."""
+    return _build(Config, data, "")
+
+
+def dump_config(cfg, path):
+    with open(path, "w") as f:
+        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)

@@ -1,0 +1,107 @@
+"""The training epoch, the learning-rate schedule and evaluation, shared by train.py and eval.py."""
+import logging
+import math
+import time
+
+import torch
+from tqdm import tqdm
+
+from data.evaluation import coco_evaluate
+from . import dist
+
+logger = logging.getLogger("focaldet")
+
+
+def learning_rate(iteration, base_lr, optim_cfg, iters_per_epoch):
+    """Linear warmup from warmup_ratio x lr over warmup_iters, then x gamma at each milestone epoch."""
+    decays = sum(iteration >= milestone * iters_per_epoch for milestone in optim_cfg.milestones)
+    lr = base_lr * optim_cfg.gamma ** decays
+    if iteration < optim_cfg.warmup_iters:
+        lr *= optim_cfg.warmup_ratio + (1 - optim_cfg.warmup_ratio) * iteration / optim_cfg.warmup_iters
+    return lr
+
+
+def to_device(targets, device):
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in targets.items()}
+
+
+def train_one_epoch(model, criterion, loader, optimizer, epoch, iteration, base_lr, cfg, device,
+                    writer=None, max_iters=None):
+    """One pass over `loader`; returns the global iteration count after it. Rank 0 logs and shows a bar."""
+    model.train()
+    criterion.train()
+    iters_per_epoch = len(loader)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not dist.is_main_process(),
+               dynamic_ncols=True, leave=False)
+    started = time.time()
+    for images, targets in bar:
+        if max_iters is not None and iteration >= max_iters:
+            break
+        lr = learning_rate(iteration, base_lr, cfg.optim, iters_per_epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        images, targets = images.to(device, non_blocking=True), to_device(targets, device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.amp):
+            outputs = model(images)
+        losses = criterion(outputs, targets)
+        loss = sum(value for key, value in losses.items() if key.startswith("loss_"))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at iteration {iteration}: "
+                                     + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items()))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.optim.grad_clip)
+        optimizer.step()
+        iteration += 1
+        if iteration % cfg.train.log_interval == 0 or iteration == 1:
+            values = {k: dist.reduce_mean(v.detach()).item() for k, v in losses.items()}
+            values["loss"] = sum(v for k, v in values.items() if k.startswith("loss_"))
+            if dist.is_main_process():
+                bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{lr:.2e}")
+                rate = (bar.n + 1) / max(time.time() - started, 1e-6)
+                logger.info(f"epoch {epoch + 1} iter {iteration} lr {lr:.3e} "
+                            + " ".join(f"{k} {v:.4f}" for k, v in values.items()) + f" ({rate:.2f} it/s)")
+                if writer is not None:
+                    for key, value in values.items():
+                        writer.add_scalar(f"train/{key}", value, iteration)
+                    writer.add_scalar("train/lr", lr, iteration)
+    bar.close()
+    return iteration
+
+
+def to_coco_results(detections, image_ids, cat_ids):
+    """Per-image detections (xyxy original pixels, contiguous labels) -> COCO results (xywh, dataset ids)."""
+    results = []
+    for detection, image_id in zip(detections, image_ids):
+        boxes = detection["boxes"].cpu()
+        boxes[:, 2:] -= boxes[:, :2]
+        for box, score, label in zip(boxes.tolist(), detection["scores"].tolist(), detection["labels"].tolist()):
+            results.append({"image_id": int(image_id), "category_id": int(cat_ids[label]),
+                            "bbox": [round(v, 3) for v in box], "score": round(score, 5)})
+    return results
+
+
+@torch.no_grad()
+def evaluate(model, postprocessor, loader, dataset, device, amp=False):
+    """Inference sharded over ranks, gathered on rank 0, COCOeval there.
+
+    Returns (metrics dict or None on other ranks, COCO-format detections or None).
+    """
+    model.eval()
+    results = []
+    for images, targets in tqdm(loader, desc="eval", disable=not dist.is_main_process(), dynamic_ncols=True, leave=False):
+        images = images.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            outputs = model(images)
+        detections = postprocessor(outputs, targets["image_sizes"].to(device), targets["scales"].to(device),
+                                   targets["orig_sizes"].to(device))
+        results.extend(to_coco_results(detections, targets["image_ids"].tolist(), dataset.cat_ids))
+    gathered = dist.all_gather_objects(results)
+    if not dist.is_main_process():
+        return None, None
+    results = [r for part in gathered for r in part]
+    metrics = coco_evaluate(dataset.coco, results, class_names=dataset.class_names, log=logger.info)
+    metrics = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) if k != "per_class" else v
+               for k, v in metrics.items()}
+    return metrics, results

@@ -1,0 +1,115 @@
+"""Dense heads: RetinaNet, ATSS and GFL. Each maps P3..P7 to flat per-anchor outputs.
+
+Every level's map [B, K * X, H, W] is flattened to [B, H * W * K, X] and the levels are concatenated,
+giving the anchor order of detector/anchors.py. Heads return raw outputs, never a loss.
+"""
+import math
+
+import torch
+from torch import nn
+
+
+class Scale(nn.Module):
+    """A learnable scalar per FPN level (ATSS, GFL) multiplying the regression output."""
+
+    def __init__(self, value=1.0):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(value)))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+def tower(in_channels, feat_channels, stacked_convs, norm):
+    """stacked_convs x (conv3x3 [+ GroupNorm(32)] + ReLU); the conv has no bias when a norm follows."""
+    layers = []
+    for i in range(stacked_convs):
+        layers.append(nn.Conv2d(in_channels if i == 0 else feat_channels, feat_channels, 3, padding=1, bias=norm is None))
+        if norm == "gn":
+            layers.append(nn.GroupNorm(32 if feat_channels % 32 == 0 else 8, feat_channels))
+        elif norm is not None:
+            raise ValueError(f"model.head.norm must be null or 'gn', got {norm!r}")
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+def flatten_levels(maps, channels_per_anchor):
+    """[[B, K * X, H_l, W_l]] per level -> [B, A, X] with A = sum_l H_l * W_l * K."""
+    flat = []
+    for x in maps:
+        batch, _, height, width = x.shape
+        x = x.permute(0, 2, 3, 1)                                   # [B, H, W, K * X]
+        flat.append(x.reshape(batch, -1, channels_per_anchor))       # [B, H * W * K, X]
+    return torch.cat(flat, dim=1)
+
+
+class DenseHead(nn.Module):
+    """Shared structure: a classification tower and a regression tower over every level.
+
+    Outputs (all flat over anchors, see flatten_levels):
+        cls_logits      [B, A, C]   RetinaNet / ATSS: class logits; GFL: joint class-quality logits
+        box_regression  [B, A, 4]   deltas (RetinaNet, ATSS), or [B, A, 4 * R] distribution logits (GFL)
+        centerness      [B, A]      ATSS only, else None
+    """
+
+    box_channels = 4
+    use_scale = False
+    use_centerness = False
+
+    def __init__(self, in_channels, num_classes, num_anchors, feat_channels=256, stacked_convs=4,
+                 norm=None, prior_prob=0.01, num_levels=5):
+        super().__init__()
+        self.num_classes = num_classes
+        self.num_anchors = num_anchors
+        self.cls_tower = tower(in_channels, feat_channels, stacked_convs, norm)
+        self.reg_tower = tower(in_channels, feat_channels, stacked_convs, norm)
+        self.cls_out = nn.Conv2d(feat_channels, num_anchors * num_classes, 3, padding=1)
+        self.reg_out = nn.Conv2d(feat_channels, num_anchors * self.box_channels, 3, padding=1)
+        self.centerness_out = nn.Conv2d(feat_channels, num_anchors, 3, padding=1) if self.use_centerness else None
+        self.scales = nn.ModuleList(Scale(1.0) for _ in range(num_levels)) if self.use_scale else None
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, std=0.01)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        # Prior bias so that every anchor starts with p = prior_prob (Focal Loss paper, section 4.1).
+        nn.init.constant_(self.cls_out.bias, -math.log((1 - prior_prob) / prior_prob))
+
+    def forward(self, features):
+        cls_maps, reg_maps, centerness_maps = [], [], []
+        for level, x in enumerate(features):
+            cls_feat = self.cls_tower(x)
+            reg_feat = self.reg_tower(x)
+            cls_maps.append(self.cls_out(cls_feat))
+            reg = self.reg_out(reg_feat)
+            reg_maps.append(self.scales[level](reg) if self.scales is not None else reg)
+            if self.centerness_out is not None:
+                centerness_maps.append(self.centerness_out(reg_feat))
+        cls_logits = flatten_levels(cls_maps, self.num_classes)            # [B, A, C]
+        box_regression = flatten_levels(reg_maps, self.box_channels)      # [B, A, 4] or [B, A, 4 * R]
+        centerness = flatten_levels(centerness_maps, 1)[..., 0] if centerness_maps else None  # [B, A]
+        return cls_logits, box_regression, centerness
+
+
+class RetinaNetHead(DenseHead):
+    """Focal Loss for Dense Object Detection (Lin et al. 2017): 9 anchors per location, no norm."""
+
+
+class ATSSHead(DenseHead):
+    """ATSS (Zhang et al. 2020): GN towers, a per-level Scale on the deltas, a centerness branch."""
+
+    use_scale = True
+    use_centerness = True
+
+
+class GFLHead(DenseHead):
+    """Generalized Focal Loss (Li et al. 2020): joint class-quality logits and 4 x R distribution logits."""
+
+    use_scale = True
+
+    def __init__(self, *args, reg_max=16, **kwargs):
+        self.box_channels = 4 * (reg_max + 1)
+        super().__init__(*args, **kwargs)
+
+
+HEADS = {"retinanet": RetinaNetHead, "atss": ATSSHead, "gfl": GFLHead}

@@ -1,0 +1,39 @@
+"""Shared pytest fixtures: a small generated shapes dataset and the shared real datasets."""
+import os
+import sys
+
+import pytest
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPOSITORY not in sys.path:  # so that a bare `pytest` finds the packages, not only `python -m`
+    sys.path.insert(0, REPOSITORY)
+
+
+@pytest.fixture(scope="session")
+def shapes_small(tmp_path_factory):
+    """Paths dict of a 24-train / 12-val shapes dataset (see data.synthetic.ensure_shapes_dataset)."""
+    from data.synthetic import ensure_shapes_dataset
+    return ensure_shapes_dataset(str(tmp_path_factory.mktemp("shapes_small")), num_train=24,
+                                 num_val=12, seed=0)
+
+
+@pytest.fixture(scope="session")
+def shared_datasets():
+    """Folder holding coco128/ and raccoon/: $FOCALDET_SHARED_DATASETS or <repo>/../shared/datasets."""
+    root = os.environ.get("FOCALDET_SHARED_DATASETS",
+                          os.path.join(REPOSITORY, "..", "shared", "datasets"))
+    if not os.path.isdir(root):
+        pytest.skip(f"shared datasets not found at {root} (set FOCALDET_SHARED_DATASETS)")
+    return os.path.abspath(root)
+
+
+@pytest.fixture(scope="session")
+def shared_split(shared_datasets):
+    """Function (name, split) -> (image_dir, ann_file) of a shared dataset; skips when absent."""
+    def locate(name, split):
+        image_dir = os.path.join(shared_datasets, name, "images")
+        ann_file = os.path.join(shared_datasets, name, "annotations", f"instances_{split}.json")
+        if not os.path.isfile(ann_file):
+            pytest.skip(f"{ann_file} not found")
+        return image_dir, ann_file
+    return locate

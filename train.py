@@ -1,0 +1,159 @@
+"""Train a dense detector (RetinaNet, ATSS, GFL), evaluating on the val split with COCOeval.
+
+    python train.py --config shapes_gfl_r18.yaml                       # one process
+    torchrun --nproc_per_node=8 train.py --config gfl_r50.yaml         # one node, 8 GPUs
+    python train.py --config gfl_r50.yaml optim.lr=0.02 data.batch_size=4   # dotted overrides
+
+Writes work_dirs/<config name>/: config.yaml, log.txt, metrics.json, detections.json, tb/, checkpoints/.
+"""
+import argparse
+import json
+import logging
+import os
+import random
+import sys
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.tensorboard import SummaryWriter
+
+from data.build import build_dataset, build_test_loader, build_train_loader
+from detector import build_criterion, build_model, build_postprocessor, dist
+from detector.checkpoint import load_checkpoint, save_checkpoint
+from detector.config import config_to_dict, dump_config, load_config
+from detector.engine import evaluate, train_one_epoch
+from detector.errors import run_cli
+
+logger = logging.getLogger("focaldet")
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML file, or a name inside configs/")
+    parser.add_argument("--work-dir", help="run directory (default work_dirs/<config name>)")
+    parser.add_argument("--resume", help="checkpoint to resume from, or 'auto' for <work-dir>/checkpoints/last.pth")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value config overrides")
+    return parser.parse_args()
+
+
+def setup_logging(work_dir, main_process):
+    """Rank 0 logs to stdout and <work_dir>/log.txt; other ranks only warn."""
+    logger.setLevel(logging.INFO if main_process else logging.WARNING)
+    logging.getLogger("data").setLevel(logger.level)
+    formatter = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    handlers = [logging.StreamHandler(sys.stdout)]
+    if main_process:
+        handlers.append(logging.FileHandler(os.path.join(work_dir, "log.txt")))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logger.level)
+
+
+def write_json(path, value):
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def main():
+    args = parse_args()
+    cfg = load_config(args.config, args.overrides)
+    if args.work_dir:
+        cfg.work_dir = args.work_dir
+    cfg.work_dir = cfg.work_dir or os.path.join("work_dirs", cfg.name)
+
+    # --- processes and devices: torchrun sets RANK / WORLD_SIZE / LOCAL_RANK ---------------------
+    use_cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
+    rank, local_rank, world_size = dist.init_distributed("cuda" if use_cuda else "cpu")
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    main_process = rank == 0
+    os.makedirs(os.path.join(cfg.work_dir, "checkpoints"), exist_ok=True)
+    setup_logging(cfg.work_dir, main_process)
+    if main_process:
+        dump_config(cfg, os.path.join(cfg.work_dir, "config.yaml"))
+    random.seed(cfg.train.seed + rank)
+    torch.manual_seed(cfg.train.seed + rank)
+    logger.info(f"config {cfg.name}: {world_size} process(es) on {device}, work dir {cfg.work_dir}")
+
+    # --- data: rank 0 prepares the embedded set first so other ranks find it ready -------------------
+    if not main_process:
+        dist.barrier()
+    train_set = build_dataset(cfg.data, train=True)
+    val_set = build_dataset(cfg.data, train=False)
+    if main_process:
+        dist.barrier()
+    train_loader = build_train_loader(train_set, cfg.data, cfg.train.seed, distributed=world_size > 1)
+    val_loader = build_test_loader(val_set, cfg.data, distributed=world_size > 1)
+    logger.info(f"train: {len(train_set)} images, {len(train_loader)} iterations/epoch; val: {len(val_set)} images; "
+                f"{train_set.num_classes} classes")
+
+    # --- model, criterion, post-processor: three objects; DDP wraps only the model -------------------
+    model = build_model(cfg.model, train_set.num_classes).to(device)
+    criterion = build_criterion(cfg.model, train_set.num_classes).to(device)
+    postprocessor = build_postprocessor(cfg.model)
+    num_parameters = sum(p.numel() for p in model.parameters())
+    logger.info(f"model: {cfg.model.head.type} R{cfg.model.backbone.depth}, {num_parameters / 1e6:.2f}M parameters")
+    if world_size > 1:
+        model = DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None)
+    bare_model = model.module if world_size > 1 else model
+
+    # Linear scaling rule: optim.lr is the rate at base_batch_size images per iteration.
+    total_batch = cfg.data.batch_size * world_size
+    base_lr = cfg.optim.lr * total_batch / cfg.optim.base_batch_size
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=base_lr,
+                                momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+    logger.info(f"total batch {total_batch}: lr {base_lr:.4g} (optim.lr {cfg.optim.lr} at batch {cfg.optim.base_batch_size})")
+
+    # --- resume: weights, criterion statistics, optimizer, epoch and iteration ----------------------
+    start_epoch, iteration = 0, 0
+    resume = args.resume
+    if resume == "auto":
+        last = os.path.join(cfg.work_dir, "checkpoints", "last.pth")
+        resume = last if os.path.isfile(last) else None
+    if resume:
+        checkpoint = load_checkpoint(resume)
+        bare_model.load_state_dict(checkpoint["model"])
+        criterion.load_state_dict(checkpoint["criterion"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        start_epoch, iteration = checkpoint["epoch"], checkpoint["iteration"]
+        logger.info(f"resumed from {resume}: epoch {start_epoch}, iteration {iteration}")
+
+    writer = SummaryWriter(os.path.join(cfg.work_dir, "tb")) if main_process else None
+    history = []
+    metrics, detections = None, None
+    for epoch in range(start_epoch, cfg.train.epochs):
+        train_loader.batch_sampler.set_epoch(epoch)
+        iteration = train_one_epoch(model, criterion, train_loader, optimizer, epoch, iteration, base_lr, cfg,
+                                    device, writer, cfg.train.max_iters)
+        done = epoch + 1 == cfg.train.epochs or (cfg.train.max_iters is not None and iteration >= cfg.train.max_iters)
+        if main_process:
+            path = os.path.join(cfg.work_dir, "checkpoints", "last.pth")
+            save_checkpoint(path, bare_model, criterion, optimizer, epoch + 1, iteration, config_to_dict(cfg))
+            if (epoch + 1) % cfg.train.checkpoint_interval == 0:
+                save_checkpoint(path.replace("last.pth", f"epoch_{epoch + 1}.pth"), bare_model, criterion, optimizer,
+                                epoch + 1, iteration, config_to_dict(cfg))
+        if done or (epoch + 1) % cfg.train.eval_interval == 0:
+            metrics, detections = evaluate(bare_model, postprocessor, val_loader, val_set, device, cfg.train.amp)
+            if main_process:
+                history.append({"epoch": epoch + 1, "iteration": iteration, **metrics})
+                logger.info(f"epoch {epoch + 1}: bbox AP {metrics['AP']:.4f} AP50 {metrics['AP50']:.4f}")
+                for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+                    if metrics[key] is not None:
+                        writer.add_scalar(f"val/{key}", metrics[key], iteration)
+                write_json(os.path.join(cfg.work_dir, "metrics.json"), {"final": metrics, "history": history})
+        if done:
+            break
+
+    if main_process:
+        if detections is not None:
+            write_json(os.path.join(cfg.work_dir, "detections.json"), detections)
+        writer.close()
+        if metrics is not None:
+            logger.info(f"final bbox AP {metrics['AP']:.4f} ({cfg.name}, {iteration} iterations); "
+                        f"eval.py reproduces it from {cfg.work_dir}/checkpoints/last.pth")
+    dist.cleanup()
+
+
+if __name__ == "__main__":
+    run_cli(main)
