@@ -50,6 +50,14 @@ def setup_logging(work_dir, main_process):
     logging.getLogger().setLevel(logger.level)
 
 
+def build_optimizer(parameters, lr, optim_cfg):
+    if optim_cfg.type == "sgd":
+        return torch.optim.SGD(parameters, lr=lr, momentum=optim_cfg.momentum, weight_decay=optim_cfg.weight_decay)
+    if optim_cfg.type == "adamw":
+        return torch.optim.AdamW(parameters, lr=lr, betas=tuple(optim_cfg.betas), weight_decay=optim_cfg.weight_decay)
+    raise ValueError(f"optim.type must be 'sgd' or 'adamw', got {optim_cfg.type!r}")
+
+
 def write_json(path, value):
     with open(path + ".tmp", "w") as f:
         json.dump(value, f, indent=1)
@@ -101,8 +109,7 @@ def main():
     # Linear scaling rule: optim.lr is the rate at base_batch_size images per iteration.
     total_batch = cfg.data.batch_size * world_size
     base_lr = cfg.optim.lr * total_batch / cfg.optim.base_batch_size
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=base_lr,
-                                momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], base_lr, cfg.optim)
     logger.info(f"total batch {total_batch}: lr {base_lr:.4g} (optim.lr {cfg.optim.lr} at batch {cfg.optim.base_batch_size})")
 
     # --- resume: weights, criterion statistics, optimizer, epoch and iteration ----------------------
@@ -134,6 +141,7 @@ def main():
                 save_checkpoint(path.replace("last.pth", f"epoch_{epoch + 1}.pth"), bare_model, criterion, optimizer,
                                 epoch + 1, iteration, config_to_dict(cfg))
         if done or (epoch + 1) % cfg.train.eval_interval == 0:
+            dist.broadcast_buffers(bare_model)  # every rank evaluates rank 0's BN statistics, the checkpoint's
             metrics, detections = evaluate(bare_model, postprocessor, val_loader, val_set, device, cfg.train.amp)
             if main_process:
                 history.append({"epoch": epoch + 1, "iteration": iteration, **metrics})

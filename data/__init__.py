@@ -1,6 +1,6 @@
 """focaldet data layer: COCO/LVIS-format datasets, transforms, batching, sampling, evaluation.
 
-Entry points (what train.py and eval.py call):
+Entry points (what train.py and eval.py call; import them from their modules):
     data.synthetic.ensure_shapes_dataset(root, num_train, num_val, seed) -> paths dict
     data.coco.CocoDetection(image_dir, ann_file, transforms, remove_images_without_annotations)
     data.transforms.build_transforms(train, short_sides, max_size, mode, flip_prob)
@@ -9,14 +9,5 @@ Entry points (what train.py and eval.py call):
     data.samplers.build_test_sampler(dataset, distributed)
     data.evaluation.coco_evaluate(coco_gt, detections, class_names, log) -> metrics dict
 Boxes are xyxy pixels of the network input inside the package; COCO xywh only in files/results.
+Nothing is imported here, so that `python -m data.synthetic` runs without a double import.
 """
-from data.coco import CocoDetection, DatasetError
-from data.collate import collate
-from data.evaluation import coco_evaluate, gt_as_detections
-from data.samplers import GroupedBatchSampler, ShardSampler, build_test_sampler, build_train_batch_sampler
-from data.synthetic import ensure_shapes_dataset
-from data.transforms import build_transforms
-
-__all__ = ["CocoDetection", "DatasetError", "collate", "coco_evaluate", "gt_as_detections",
-           "GroupedBatchSampler", "ShardSampler", "build_test_sampler", "build_train_batch_sampler",
-           "ensure_shapes_dataset", "build_transforms"]

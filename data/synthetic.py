@@ -38,7 +38,7 @@ CATEGORIES = [
     {"id": 42, "name": "star", "supercategory": "shape"},
 ]
 # Bump when the drawing changes, so that datasets written by an older version are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 IMAGE_SIZES = [(256, 256), (320, 240), (240, 320)]  # (width, height)
 MIN_SIDE, MAX_SIDE = 10.0, 150.0
 MIN_VISIBLE_FRACTION = 0.6
@@ -57,10 +57,10 @@ def _background(rng, width, height):
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     colour_a, colour_b = _random_colour(rng), _random_colour(rng)
     # Keep texture contrast moderate so that objects stay the strongest edges in the image.
-    colour_b = colour_a + (colour_b - colour_a) * rng.uniform(0.25, 0.6)
+    colour_b = colour_a + (colour_b - colour_a) * rng.uniform(0.15, 0.45)
     if kind == 0:  # flat colour with strong noise
         image = np.broadcast_to(colour_a, (height, width, 3)).copy()
-        image += rng.normal(0.0, rng.uniform(6, 16), size=(height, width, 1)).astype(np.float32)
+        image += rng.normal(0.0, rng.uniform(4, 10), size=(height, width, 1)).astype(np.float32)
     elif kind == 1:  # linear gradient in a random direction
         angle = rng.uniform(0, 2 * math.pi)
         t = xs * math.cos(angle) + ys * math.sin(angle)
@@ -84,10 +84,10 @@ def _background(rng, width, height):
 
 
 def _draw_clutter(rng, canvas):
-    """Draw 0..4 unannotated distractors (strokes, arcs, thin rings) onto a PIL image in place."""
+    """Draw 0..3 unannotated distractors (strokes, arcs, thin rings) onto a PIL image in place."""
     draw = ImageDraw.Draw(canvas)
     width, height = canvas.size
-    for _ in range(int(rng.integers(0, 5))):
+    for _ in range(int(rng.integers(0, 4))):
         colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
         kind = rng.integers(0, 3)
         if kind == 0:  # polyline stroke
@@ -149,14 +149,14 @@ def _rasterise(points, outline_width):
 
 
 def _pick_colour(rng, background_mean):
-    """Random RGB colour far (>= 100 in RGB distance when possible) from the local background."""
+    """Random RGB colour far (>= 130 in RGB distance when possible) from the local background."""
     best, best_distance = None, -1.0
-    for _ in range(12):
+    for _ in range(20):
         colour = _random_colour(rng)
         distance = float(np.linalg.norm(colour - background_mean))
         if distance > best_distance:
             best, best_distance = colour, distance
-        if distance >= 100:
+        if distance >= 130:
             break
     return best
 
@@ -215,7 +215,7 @@ def draw_image(rng, width, height, num_objects):
         box = [float(x0 + xs.min()), float(y0 + ys.min()),
                float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
         objects.append((category, box))
-    image += rng.normal(0.0, rng.uniform(0, 6), size=(height, width, 1)).astype(np.float32)
+    image += rng.normal(0.0, rng.uniform(0, 4), size=(height, width, 1)).astype(np.float32)
     return np.clip(image, 0, 255).astype(np.uint8), objects
 
 

@@ -39,9 +39,18 @@ def load_pretrained(model, depth, pretrained):
             state = torch.load(pretrained, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             raise PretrainedWeightsError(f"pretrained weights file not found: {pretrained}") from None
+        except Exception as error:  # not a torch file, a directory, a pickle weights_only refuses: one line
+            raise PretrainedWeightsError(f"{pretrained}: cannot be loaded as a state dict ({type(error).__name__}: "
+                                         f"{str(error).splitlines()[0] if str(error) else ''})") from None
+        if not isinstance(state, dict):
+            raise PretrainedWeightsError(f"{pretrained}: holds a {type(state).__name__}, expected a state dict")
         state = state.get("state_dict", state.get("model", state))
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # strict=False still refuses shape mismatches (e.g. ResNet-50 weights for depth 18)
+        raise PretrainedWeightsError(f"{pretrained}: not a ResNet-{depth} state dict "
+                                     f"({str(error).splitlines()[-1].strip()})") from None
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
         raise PretrainedWeightsError(

@@ -63,6 +63,6 @@ def distribution_integral(logits):
 
     logits [..., 4 * R] -> distances [..., 4]: d = sum_i i * softmax(logits)_i over R = reg_max + 1 bins.
     """
-    logits = logits.reshape(*logits.shape[:-1], 4, -1)           # [..., 4, R]
+    logits = logits.reshape(*logits.shape[:-1], 4, logits.shape[-1] // 4)   # [..., 4, R]
     bins = torch.arange(logits.shape[-1], dtype=logits.dtype, device=logits.device)
     return logits.softmax(dim=-1) @ bins                          # [..., 4]

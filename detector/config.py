@@ -118,9 +118,11 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    type: str = "sgd"                    # sgd (reference) | adamw (e.g. for training from scratch)
     lr: float = 0.01                     # at base_batch_size; scaled linearly to the real total batch
     base_batch_size: int = 16
-    momentum: float = 0.9
+    momentum: float = 0.9                # SGD momentum
+    betas: typing.List[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW
     weight_decay: float = 1e-4
     warmup_iters: int = 500
     warmup_ratio: float = 0.001          # warmup starts at warmup_ratio x lr

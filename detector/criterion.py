@@ -147,6 +147,7 @@ class ATSSCriterion(DenseCriterion):
     def __init__(self, model_cfg, num_classes):
         super().__init__(model_cfg, num_classes)
         self.loss_centerness = model_cfg.loss_centerness
+        self.centerness_fn = lookup_loss(self.loss_centerness.type, ("classification",), "model.loss_centerness.type")
 
     def forward(self, outputs, targets):
         matched = self.assign(outputs, targets)
@@ -163,7 +164,7 @@ class ATSSCriterion(DenseCriterion):
         loss_box = self.weighted_box_loss(decode_deltas(anchors, deltas * stds), pos_gt, deltas,
                                           encode_deltas(anchors, pos_gt) / stds, centerness, normaliser)
         pred_centerness = outputs.centerness[positive].float()                     # [P]
-        loss_centerness = F.binary_cross_entropy_with_logits(pred_centerness, centerness, reduction="sum") / num_pos
+        loss_centerness = self.centerness_fn(pred_centerness, centerness, **self.loss_centerness.params).sum() / num_pos
         return {"loss_cls": self.classification_loss(outputs.cls_logits, cls_targets, valid, num_pos),
                 "loss_box": loss_box, "loss_centerness": loss_centerness * self.loss_centerness.weight,
                 "num_pos": num_pos}

@@ -59,6 +59,18 @@ def reduce_sum(tensor):
     return tensor
 
 
+def broadcast_buffers(module, src=0):
+    """Give every rank rank `src`'s buffers (BatchNorm running statistics) before evaluation.
+
+    DDP broadcasts buffers only at the start of each forward, so after the last training step every rank
+    holds the statistics of its own last batch; without this, sharded evaluation mixes them and differs
+    from eval.py on the checkpoint (rank 0's). mmcv's DistEvalHook does the same (broadcast_bn_buffer).
+    """
+    if is_dist():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src)
+
+
 def all_gather_objects(obj):
     """List of `obj` from every rank (a one-element list in a single process)."""
     if not is_dist():

@@ -1,6 +1,8 @@
 """The training epoch, the learning-rate schedule and evaluation, shared by train.py and eval.py."""
+import datetime
 import logging
 import math
+import sys
 import time
 
 import torch
@@ -31,8 +33,10 @@ def train_one_epoch(model, criterion, loader, optimizer, epoch, iteration, base_
     model.train()
     criterion.train()
     iters_per_epoch = len(loader)
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not dist.is_main_process(),
-               dynamic_ncols=True, leave=False)
+    show_bar = dist.is_main_process() and sys.stderr.isatty()  # in a log file the ETA is in the log lines
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not show_bar, dynamic_ncols=True, leave=False)
+    total_iters = cfg.train.epochs * iters_per_epoch if cfg.train.max_iters is None else cfg.train.max_iters
+    first_iteration = iteration
     started = time.time()
     for images, targets in bar:
         if max_iters is not None and iteration >= max_iters:
@@ -59,9 +63,10 @@ def train_one_epoch(model, criterion, loader, optimizer, epoch, iteration, base_
             values["loss"] = sum(v for k, v in values.items() if k.startswith("loss_"))
             if dist.is_main_process():
                 bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{lr:.2e}")
-                rate = (bar.n + 1) / max(time.time() - started, 1e-6)
-                logger.info(f"epoch {epoch + 1} iter {iteration} lr {lr:.3e} "
-                            + " ".join(f"{k} {v:.4f}" for k, v in values.items()) + f" ({rate:.2f} it/s)")
+                rate = (iteration - first_iteration) / max(time.time() - started, 1e-6)
+                eta = datetime.timedelta(seconds=int((total_iters - iteration) / max(rate, 1e-6)))
+                logger.info(f"epoch {epoch + 1} iter {iteration}/{total_iters} lr {lr:.3e} "
+                            + " ".join(f"{k} {v:.4f}" for k, v in values.items()) + f" ({rate:.2f} it/s, eta {eta})")
                 if writer is not None:
                     for key, value in values.items():
                         writer.add_scalar(f"train/{key}", value, iteration)
@@ -90,7 +95,8 @@ def evaluate(model, postprocessor, loader, dataset, device, amp=False):
     """
     model.eval()
     results = []
-    for images, targets in tqdm(loader, desc="eval", disable=not dist.is_main_process(), dynamic_ncols=True, leave=False):
+    for images, targets in tqdm(loader, desc="eval", disable=not (dist.is_main_process() and sys.stderr.isatty()),
+                                dynamic_ncols=True, leave=False):
         images = images.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             outputs = model(images)

@@ -15,6 +15,11 @@ def _alpha_balance(loss, targets, alpha):
     return loss * (alpha * targets + (1 - alpha) * (1 - targets))
 
 
+def binary_cross_entropy(logits, targets):
+    """Plain sigmoid BCE, elementwise: -[y log p + (1 - y) log(1 - p)] (ATSS centerness). Any shape."""
+    return F.binary_cross_entropy_with_logits(logits, targets, reduction='none')
+
+
 def sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0):
     """Focal loss (Lin et al. 2017): FL = -alpha_t (1 - p_t)^gamma log p_t.
 

@@ -3,10 +3,15 @@ import os
 import sys
 
 import pytest
+import torch
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPOSITORY not in sys.path:  # so that a bare `pytest` finds the packages, not only `python -m`
     sys.path.insert(0, REPOSITORY)
+if "OMP_NUM_THREADS" not in os.environ:
+    # The tests use tiny tensors: one intra-op thread is as fast, and on a busy 2-core machine a second one
+    # spins and thrashes (tests/test_criterion.py: 18 s with two threads, 3 s with one).
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -123,8 +123,8 @@ def efl_grad_collect(x, p):
     if p.get('two_step'):
         num_classes = p['num_classes']
         dtype = x['logits_step1'].dtype
-        state = dict(pos_grad=torch.zeros(num_classes, dtype=dtype), neg_grad=torch.zeros(num_classes, dtype=dtype),
-                     pos_neg=torch.ones(num_classes, dtype=dtype))
+        zeros = torch.zeros(num_classes, dtype=dtype)
+        state = dict(pos_grad=zeros, neg_grad=zeros, pos_neg=torch.ones(num_classes, dtype=dtype))
         for step in ('step1', 'step2'):
             state = _efl_step(x[f'logits_{step}'], x[f'labels_bg_last_{step}'], state['pos_grad'],
                               state['neg_grad'], state['pos_neg'], p[f'normalizer_{step}'], p)
@@ -132,7 +132,8 @@ def efl_grad_collect(x, p):
     state = _efl_step(x['logits'], x['labels_bg_last'], x['pos_grad'], x['neg_grad'], x['pos_neg'],
                       p['normalizer'], p)
     logits, targets, _ = _efl_inputs(x['logits'], x['labels_bg_last'], p)
-    state['next_loss_sum'] = losses.equalized_focal_loss(logits, targets, state['pos_neg'], **_efl_params(p)).sum()
+    next_loss = losses.equalized_focal_loss(logits, targets, state['pos_neg'], **_efl_params(p))
+    state['next_loss_sum'] = next_loss.sum()
     return state
 
 

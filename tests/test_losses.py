@@ -163,7 +163,8 @@ def test_iou_family_values_on_simple_pair():
     target = torch.tensor([[1.0, 0.0, 3.0, 4.0]], dtype=torch.float64)
     iou = 2.0 / 10.0  # overlap 1 x 2, union 4 + 8 - 2; enclosing box 3 x 4; centre offset (1, 1)
     torch.testing.assert_close(losses.iou_loss(pred, target), torch.tensor([1 - iou], dtype=torch.float64))
-    torch.testing.assert_close(losses.iou_loss(pred, target, mode='log'), torch.tensor([-math.log(iou)]).double())
+    torch.testing.assert_close(losses.iou_loss(pred, target, mode='log'),
+                               torch.tensor([-math.log(iou)], dtype=torch.float64))
     torch.testing.assert_close(losses.giou_loss(pred, target), torch.tensor([1 - iou + 2 / 12]).double())
     torch.testing.assert_close(losses.diou_loss(pred, target), torch.tensor([1 - iou + 2 / 25]).double())
     eiou = 1 - iou + 2 / 25 + 0 / 9 + 4 / 16

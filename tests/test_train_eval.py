@@ -1,0 +1,215 @@
+"""End to end on the CPU: train.py on a tiny shapes set, eval.py reproducing its metrics, --resume auto,
+a two-process gloo run, and the one-line errors of the command-line tools."""
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from detector.config import load_config
+from detector.engine import learning_rate
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**{k: v for k, v in os.environ.items() if k != "FOCALDET_DEBUG"}, "OMP_NUM_THREADS": "1"}
+# Tiny GFL: 128 px training, 32-channel FPN and head. Evaluation at 160 px: with 32 channels GroupNorm(32)
+# has one channel per group, and a 1 x 1 P7 map (inputs up to 128 px) leaves it one value per group.
+TINY = ["data.train_short_sides=[128]", "data.test_short_side=160", "data.max_size=224", "data.batch_size=2",
+        "data.workers=0", "model.fpn.out_channels=32", "model.head.feat_channels=32", "model.head.stacked_convs=1",
+        "model.test.score_thr=0.001", "train.log_interval=1"]   # the low threshold keeps detections after 4 steps
+
+
+def data_overrides(paths):
+    return ["data.dataset=coco", f"data.train_images={paths['train_images']}", f"data.train_ann={paths['train_ann']}",
+            f"data.val_images={paths['val_images']}", f"data.val_ann={paths['val_ann']}"]
+
+
+def run_tool(args, timeout=240):
+    return subprocess.run([sys.executable] + args, cwd=REPOSITORY, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def check_ok(result):
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def trained(shapes_small, tmp_path_factory):
+    """One 4-iteration training run: (work dir, overrides, completed process)."""
+    work_dir = str(tmp_path_factory.mktemp("run") / "gfl")
+    overrides = data_overrides(shapes_small) + TINY
+    result = check_ok(run_tool(["train.py", "--config", "shapes_gfl_r18.yaml", *overrides, "train.epochs=1",
+                                "train.max_iters=4", "--work-dir", work_dir]))
+    return work_dir, overrides, result
+
+
+def test_training_writes_the_run_directory(trained, shapes_small):
+    work_dir, _, _ = trained
+    for name in ("config.yaml", "log.txt", "metrics.json", "detections.json", "checkpoints/last.pth"):
+        assert os.path.isfile(os.path.join(work_dir, name)), name
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(os.path.join(work_dir, "tb")))
+    assert not any(".tmp" in name for name in os.listdir(os.path.join(work_dir, "checkpoints")))  # atomic saves
+
+    saved = load_config(os.path.join(work_dir, "config.yaml"))
+    assert saved.model.head.feat_channels == 32 and saved.data.train_short_sides == [128]
+    assert saved.train.max_iters == 4 and saved.data.train_ann == shapes_small["train_ann"]
+    checkpoint = torch.load(os.path.join(work_dir, "checkpoints", "last.pth"), weights_only=True)
+    assert (checkpoint["epoch"], checkpoint["iteration"]) == (1, 4)
+    with open(os.path.join(work_dir, "log.txt")) as f:
+        log = f.read()
+    assert "epoch 1 iter 4/4" in log and "epoch 1 iter 5" not in log and "final bbox AP" in log
+
+    metrics = read_json(os.path.join(work_dir, "metrics.json"))
+    final = metrics["final"]
+    assert {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "per_class"} <= set(final)
+    assert 0 < final["AP"] <= 1   # the detections below match some ground truth
+    assert metrics["history"][-1]["epoch"] == 1 and metrics["history"][-1]["AP"] == final["AP"]
+    assert set(final["per_class"]) == {"circle", "square", "triangle", "star"}
+
+    # detections.json: COCO results, dataset category ids (3, 7, 11, 42 in the JSON), xywh in original pixels
+    val = read_json(shapes_small["val_ann"])
+    sizes = {image["id"]: (image["width"], image["height"]) for image in val["images"]}
+    detections = read_json(os.path.join(work_dir, "detections.json"))
+    assert len(detections) > 100
+    assert {d["image_id"] for d in detections} == set(sizes)
+    category_ids = {d["category_id"] for d in detections}
+    assert category_ids <= {c["id"] for c in val["categories"]} and category_ids & {7, 11, 42}
+    for detection in detections:
+        x, y, w, h = detection["bbox"]
+        width, height = sizes[detection["image_id"]]
+        assert 0 <= x and 0 <= y and w >= 0 and h >= 0 and x + w <= width + 0.01 and y + h <= height + 0.01
+        assert 0.001 < detection["score"] <= 1
+
+
+def test_eval_reproduces_the_training_metrics(trained):
+    work_dir, _, _ = trained
+    check_ok(run_tool(["eval.py", "--checkpoint", os.path.join(work_dir, "checkpoints", "last.pth")]))
+    evaluated = read_json(os.path.join(work_dir, "eval", "metrics.json"))
+    assert evaluated.pop("checkpoint").endswith("last.pth")
+    assert evaluated == read_json(os.path.join(work_dir, "metrics.json"))["final"]
+    assert read_json(os.path.join(work_dir, "eval", "detections.json")) == read_json(
+        os.path.join(work_dir, "detections.json"))
+
+
+def test_resume_auto_continues_from_the_checkpoint(trained, tmp_path):
+    work_dir, overrides, _ = trained
+    resumed_dir = str(tmp_path / "resumed")
+    shutil.copytree(work_dir, resumed_dir)
+    result = check_ok(run_tool(["train.py", "--config", "shapes_gfl_r18.yaml", *overrides, "train.epochs=2",
+                                "train.max_iters=6", "--resume", "auto", "--work-dir", resumed_dir]))
+    assert f"resumed from {resumed_dir}/checkpoints/last.pth: epoch 1, iteration 4" in result.stdout
+    steps = re.findall(r"epoch (\d+) iter (\d+)/6 lr (\S+)", result.stdout)
+    assert [(epoch, step) for epoch, step, _ in steps] == [("2", "5"), ("2", "6")]
+    # the schedule continues where it stopped: lr at iteration 4 of the warmup, scaled to batch 2
+    cfg = load_config("shapes_gfl_r18.yaml")
+    expected_lr = learning_rate(4, cfg.optim.lr * 2 / cfg.optim.base_batch_size, cfg.optim, iters_per_epoch=12)
+    assert float(steps[0][2]) == pytest.approx(expected_lr, rel=1e-3)
+    checkpoint = torch.load(os.path.join(resumed_dir, "checkpoints", "last.pth"), weights_only=True)
+    assert (checkpoint["epoch"], checkpoint["iteration"]) == (2, 6)
+    history = read_json(os.path.join(resumed_dir, "metrics.json"))["history"]
+    assert (history[-1]["epoch"], history[-1]["iteration"]) == (2, 6)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_process_gloo_run_matches_single_process_evaluation(shapes_small, tmp_path):
+    work_dir = str(tmp_path / "ddp")
+    check_ok(run_tool(["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+                       "train.py", "--config", "shapes_gfl_r18.yaml", *data_overrides(shapes_small), *TINY,
+                       "train.epochs=1", "train.max_iters=2", "--work-dir", work_dir]))
+    with open(os.path.join(work_dir, "log.txt")) as f:
+        log = f.read()
+    assert "2 process(es)" in log and "total batch 4" in log and "epoch 1 iter 2/2" in log
+    final = read_json(os.path.join(work_dir, "metrics.json"))["final"]
+    detections = read_json(os.path.join(work_dir, "detections.json"))
+    val_ids = {image["id"] for image in read_json(shapes_small["val_ann"])["images"]}
+    assert {d["image_id"] for d in detections} == val_ids       # both ranks' shards were gathered
+    # sharded evaluation on two ranks == evaluation of the same checkpoint in one process
+    check_ok(run_tool(["eval.py", "--checkpoint", os.path.join(work_dir, "checkpoints", "last.pth"),
+                       "--out-dir", str(tmp_path / "single")]))
+    single = read_json(str(tmp_path / "single" / "metrics.json"))
+    single.pop("checkpoint")
+    assert single == final
+
+
+@pytest.fixture(scope="module")
+def cli_subprocess_errors(tmp_path_factory):
+    """The two entry points as real processes, started at once: {case: (returncode, stderr)}."""
+    folder = tmp_path_factory.mktemp("cli_errors")
+    cases = {"config typo": ["train.py", "--config", "shapes_gfl_r18.yaml", "optim.lrr=1"],
+             "missing checkpoint": ["eval.py", "--checkpoint", str(folder / "missing.pth")]}
+    processes = {name: subprocess.Popen([sys.executable] + args, cwd=REPOSITORY, env=ENV, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True) for name, args in cases.items()}
+    return {name: (process.wait(timeout=120), process.communicate()[1]) for name, process in processes.items()}
+
+
+def assert_one_error_line(returncode, stderr, named):
+    assert returncode == 2, stderr
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], stderr
+
+
+def test_cli_processes_print_one_error_line(cli_subprocess_errors):
+    returncode, stderr = cli_subprocess_errors["config typo"]
+    assert_one_error_line(returncode, stderr, "unknown config key 'optim.lrr'; did you mean optim.lr?")
+    returncode, stderr = cli_subprocess_errors["missing checkpoint"]
+    assert_one_error_line(returncode, stderr, "checkpoint not found:")
+
+
+@pytest.fixture
+def run_main_in_process(monkeypatch, capsys):
+    """Run train.py's or eval.py's main under run_cli in this process (no torch import per case):
+    returns (exit code, stderr). Logging handlers that train.py adds to the root logger are removed."""
+    import eval as eval_tool
+    import train as train_tool
+    from detector.errors import run_cli
+    monkeypatch.delenv("FOCALDET_DEBUG", raising=False)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+
+    def run(script, args):
+        monkeypatch.setattr(sys, "argv", [script] + args)
+        capsys.readouterr()
+        try:
+            with pytest.raises(SystemExit) as exit_info:
+                run_cli({"train.py": train_tool, "eval.py": eval_tool}[script].main)
+        finally:
+            for handler in set(root.handlers) - set(handlers):
+                root.removeHandler(handler)
+                handler.close()
+            root.setLevel(level)
+        return exit_info.value.code, capsys.readouterr().err
+    return run
+
+
+def test_bad_input_is_one_error_line(run_main_in_process, shapes_small, tmp_path):
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_text("not a checkpoint")
+    data = data_overrides(shapes_small)
+    cases = [
+        ("train.py", ["--config", "shapes_gfl_r18.yaml", "train.epochs=1.5"], "config key 'train.epochs' expects int"),
+        ("train.py", ["--config", "no_such_config.yaml"], "config file not found: no_such_config.yaml"),
+        ("eval.py", ["--checkpoint", str(garbage)], "garbage.pth: cannot be loaded as a focaldet checkpoint"),
+        ("train.py", ["--config", "shapes_gfl_r18.yaml", *data, f"data.train_ann={tmp_path / 'missing.json'}",
+                      "--work-dir", str(tmp_path / "run1")], "missing.json: annotation file not found"),
+        ("train.py", ["--config", "shapes_gfl_r18.yaml", *data, f"model.backbone.pretrained={garbage}",
+                      "--work-dir", str(tmp_path / "run2")], "garbage.pth: cannot be loaded as a state dict"),
+    ]
+    for script, args, named in cases:
+        assert_one_error_line(*run_main_in_process(script, args), named)
