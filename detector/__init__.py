@@ -20,8 +20,10 @@ def build_model(model_cfg, num_classes):
     from .heads import HEADS
 
     head_cfg, anchor_cfg = model_cfg.head, model_cfg.anchors
+    from .config import ConfigError
+
     if head_cfg.type not in HEADS:
-        raise ValueError(f"model.head.type must be one of {sorted(HEADS)}, got {head_cfg.type!r}")
+        raise ConfigError(f"model.head.type must be one of {sorted(HEADS)}, got {head_cfg.type!r}")
     backbone_cfg = model_cfg.backbone
     backbone = ResNetBackbone(backbone_cfg.depth, backbone_cfg.frozen_stages, backbone_cfg.norm, backbone_cfg.pretrained)
     fpn = FPN(backbone.out_channels, model_cfg.fpn.out_channels, model_cfg.fpn.extra_from)

@@ -174,9 +174,12 @@ def _read_yaml(path):
 
 
 def merge_dicts(base, override):
+    """Recursive merge; a section whose `type` changes drops the base's `params` (they belong to the old type)."""
     out = dict(base)
+    if "type" in override and override["type"] != out.get("type"):
+        out.pop("params", None)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "params":
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge_dicts(out[key], value)
         else:
             out[key] = value
@@ -207,10 +210,15 @@ def _type_name(annotation):
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
-def _build(cls, data, prefix):
-    """Dataclass `cls` from the nested dict `data`, checking keys and types."""
-    hints = typing.get_type_hints(cls)
-    instance = cls()
+def _apply(instance, data, prefix):
+    """Set the fields of dataclass `instance` from the nested dict `data`, checking keys and types.
+
+    Nested sections update the instance's current values (so `model.loss_box.weight=3` keeps the default
+    box loss type); a section whose `type` changes starts with empty `params`.
+    """
+    hints = typing.get_type_hints(type(instance))
+    if "type" in data and "params" in hints and data["type"] != instance.type:
+        instance.params = {}
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         if key not in hints:
@@ -221,11 +229,13 @@ def _build(cls, data, prefix):
         if dataclasses.is_dataclass(annotation):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{dotted}' must be a mapping, got {value!r}")
-            value = _build(annotation, value, dotted + ".")
+            value = _apply(getattr(instance, key), value, dotted + ".")
         elif not _type_ok(value, annotation):
             raise ConfigError(f"config key '{dotted}' expects {_type_name(annotation)}, got {value!r}")
         elif annotation is float and isinstance(value, int):
             value = float(value)
+        elif isinstance(value, dict):
+            value = {**getattr(instance, key), **value}  # `params`: update, don't replace
         setattr(instance, key, value)
     return instance
 
@@ -264,7 +274,7 @@ def load_config(path=None, overrides=()):
             data = merge_dicts(base_data, data)
         data.setdefault("name", os.path.splitext(os.path.basename(path))[0])
     data = merge_dicts(data, parse_overrides(overrides))
-    return _build(Config, data, "")
+    return _apply(Config(), data, "")
 
 
 def config_to_dict(cfg):
@@ -273,7 +283,7 @@ def config_to_dict(cfg):
 
 def config_from_dict(data):
     """Inverse of config_to_dict (used when a checkpoint carries its config)."""
-    return _build(Config, data, "")
+    return _apply(Config(), data, "")
 
 
 def dump_config(cfg, path):

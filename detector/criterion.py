@@ -8,6 +8,8 @@ number of positives averaged over ranks (at least 1); ATSS box losses by the sum
 targets, GFL box and DFL losses by the sum of the detached max class scores, both averaged over ranks
 and clamped at 1 as mmdetection does. With no positive the box losses are exactly 0 and still in the graph.
 """
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,16 +19,27 @@ from .anchors import anchor_centers
 from .assign import atss_assign, max_iou_assign
 from .box_coder import decode_deltas, decode_distances, distribution_integral, encode_deltas, encode_distances
 from .box_ops import box_iou_aligned
+from .config import ConfigError
 from .dist import reduce_mean, reduce_sum
 
 ATSS_DELTA_STDS = (0.1, 0.1, 0.2, 0.2)  # mmdetection's ATSS box coder target_stds
 
 
-def lookup_loss(name, kinds, key):
-    """The loss function called `name` (losses/__init__.py), checked to be of one of `kinds`."""
-    function = losses.get_loss(name)
-    if losses.loss_kind(name) not in kinds:
-        raise ValueError(f"{key}: '{name}' is a {losses.loss_kind(name)} loss; expected a {' or '.join(kinds)} loss")
+def lookup_loss(loss_cfg, kinds, key):
+    """The loss function named by `loss_cfg.type` (losses/__init__.py), checked to be one of `kinds` and to
+    accept every keyword in `loss_cfg.params`."""
+    try:
+        function = losses.get_loss(loss_cfg.type)
+    except ValueError as error:
+        raise ConfigError(f"{key}: {error}") from None
+    kind = losses.loss_kind(loss_cfg.type)
+    if kind not in kinds:
+        raise ConfigError(f"{key}: '{loss_cfg.type}' is a {kind} loss; expected a {' or '.join(kinds)} loss")
+    accepted = [name for name in inspect.signature(function).parameters][2:]
+    for name in loss_cfg.params:
+        if name not in accepted or name == "pos_neg":
+            raise ConfigError(f"{key.rsplit('.', 1)[0]}.params.{name}: not a parameter of '{loss_cfg.type}' "
+                              f"(valid: {', '.join(a for a in accepted if a != 'pos_neg') or 'none'})")
     return function
 
 
@@ -56,8 +69,8 @@ class DenseCriterion(nn.Module):
         self.assigner = model_cfg.assigner
         self.anchors_per_location = len(model_cfg.anchors.ratios) * model_cfg.anchors.scales_per_octave
         self.loss_cls, self.loss_box = model_cfg.loss_cls, model_cfg.loss_box
-        self.cls_fn = lookup_loss(self.loss_cls.type, ("classification",), "model.loss_cls.type")
-        self.box_fn = lookup_loss(self.loss_box.type, ("box", "delta"), "model.loss_box.type")
+        self.cls_fn = lookup_loss(self.loss_cls, ("classification",), "model.loss_cls.type")
+        self.box_fn = lookup_loss(self.loss_box, ("box", "delta"), "model.loss_box.type")
         self.box_on_codes = losses.loss_kind(self.loss_box.type) == "delta"  # l1-type losses compare encoded targets
         if self.loss_cls.type == "equalized_focal":
             # EFL gradient statistics G+ / G- per class, summed over ranks, kept in checkpoints (REFERENCE.md).
@@ -147,7 +160,7 @@ class ATSSCriterion(DenseCriterion):
     def __init__(self, model_cfg, num_classes):
         super().__init__(model_cfg, num_classes)
         self.loss_centerness = model_cfg.loss_centerness
-        self.centerness_fn = lookup_loss(self.loss_centerness.type, ("classification",), "model.loss_centerness.type")
+        self.centerness_fn = lookup_loss(self.loss_centerness, ("classification",), "model.loss_centerness.type")
 
     def forward(self, outputs, targets):
         matched = self.assign(outputs, targets)
@@ -179,7 +192,7 @@ class GFLCriterion(DenseCriterion):
         super().__init__(model_cfg, num_classes)
         self.reg_max = model_cfg.head.reg_max
         self.loss_dfl = model_cfg.loss_dfl
-        self.dfl_fn = lookup_loss(self.loss_dfl.type, ("distribution",), "model.loss_dfl.type")
+        self.dfl_fn = lookup_loss(self.loss_dfl, ("distribution",), "model.loss_dfl.type")
 
     def forward(self, outputs, targets):
         matched = self.assign(outputs, targets)

@@ -26,7 +26,8 @@ def tower(in_channels, feat_channels, stacked_convs, norm):
     for i in range(stacked_convs):
         layers.append(nn.Conv2d(in_channels if i == 0 else feat_channels, feat_channels, 3, padding=1, bias=norm is None))
         if norm == "gn":
-            layers.append(nn.GroupNorm(32 if feat_channels % 32 == 0 else 8, feat_channels))
+            # 32 groups (reference) when there are >= 2 channels per group; fewer for slim demo heads.
+            layers.append(nn.GroupNorm(math.gcd(32, feat_channels // 2), feat_channels))
         elif norm is not None:
             raise ValueError(f"model.head.norm must be null or 'gn', got {norm!r}")
         layers.append(nn.ReLU(inplace=True))
