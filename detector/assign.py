@@ -81,9 +81,11 @@ def _matchable(gt_valid: torch.Tensor, gt_crowd: torch.Tensor | None) -> torch.T
     return gt_valid if gt_crowd is None else gt_valid & ~gt_crowd
 
 
-def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
-    """Run the assignment in at least float32 (half precision IoUs are too coarse)."""
-    return torch.promote_types(tensor.dtype, torch.float32)
+def _prepare(anchors, gt_boxes, gt_valid, gt_crowd):
+    """Boxes in at least float32 (half precision IoUs are too coarse), masks as bool."""
+    dtype = torch.promote_types(anchors.dtype, torch.float32)
+    gt_crowd = None if gt_crowd is None else gt_crowd.bool()
+    return anchors.to(dtype), gt_boxes.to(dtype), gt_valid.bool(), gt_crowd
 
 
 @torch.no_grad()
@@ -131,14 +133,9 @@ def max_iou_assign(anchors: torch.Tensor,
     """
     if low_quality not in ('mmdet', 'torchvision', 'none'):
         raise ValueError(f"low_quality must be 'mmdet', 'torchvision' or 'none', got {low_quality!r}")
-    dtype = _compute_dtype(anchors)
-    anchors = anchors.to(dtype)
-    gt_boxes = gt_boxes.to(dtype)
-    gt_valid = gt_valid.bool()
-    gt_crowd = None if gt_crowd is None else gt_crowd.bool()
+    anchors, gt_boxes, gt_valid, gt_crowd = _prepare(anchors, gt_boxes, gt_valid, gt_crowd)
     batch_size, max_gts = gt_boxes.shape[:2]
-    num_anchors = anchors.shape[0]
-    device = anchors.device
+    num_anchors, dtype, device = anchors.shape[0], anchors.dtype, anchors.device
     if max_gts == 0 or num_anchors == 0:
         matched = torch.full((batch_size, num_anchors), BACKGROUND, dtype=torch.long, device=device)
         max_iou = torch.zeros((batch_size, num_anchors), dtype=dtype, device=device)
@@ -209,14 +206,9 @@ def atss_assign(anchors: torch.Tensor,
         matched: [B, A] int64, GT index >= 0, -1 background, -2 ignore.
         iou_threshold: [B, M] the per-GT threshold mean + std (0 for padding and crowd GTs).
     """
-    dtype = _compute_dtype(anchors)
-    anchors = anchors.to(dtype)
-    gt_boxes = gt_boxes.to(dtype)
-    gt_valid = gt_valid.bool()
-    gt_crowd = None if gt_crowd is None else gt_crowd.bool()
+    anchors, gt_boxes, gt_valid, gt_crowd = _prepare(anchors, gt_boxes, gt_valid, gt_crowd)
     batch_size, max_gts = gt_boxes.shape[:2]
-    num_anchors = anchors.shape[0]
-    device = anchors.device
+    num_anchors, dtype, device = anchors.shape[0], anchors.dtype, anchors.device
     if sum(num_anchors_per_level) != num_anchors:
         raise ValueError(f'num_anchors_per_level sums to {sum(num_anchors_per_level)}, expected {num_anchors}')
     matched = torch.full((batch_size, num_anchors), BACKGROUND, dtype=torch.long, device=device)
