@@ -110,7 +110,8 @@ def main():
     total_batch = cfg.data.batch_size * world_size
     base_lr = cfg.optim.lr * total_batch / cfg.optim.base_batch_size
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], base_lr, cfg.optim)
-    logger.info(f"total batch {total_batch}: lr {base_lr:.4g} (optim.lr {cfg.optim.lr} at batch {cfg.optim.base_batch_size})")
+    logger.info(f"total batch {total_batch}: lr {base_lr:.4g} "
+                f"(optim.lr {cfg.optim.lr} at batch {cfg.optim.base_batch_size})")
 
     # --- resume: weights, criterion statistics, optimizer, epoch and iteration ----------------------
     start_epoch, iteration = 0, 0

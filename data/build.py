@@ -43,4 +43,5 @@ def build_train_loader(dataset, data_cfg, seed, distributed):
 def build_test_loader(dataset, data_cfg, distributed):
     """One image per batch, as mmdetection tests: results then never depend on padding or rank count."""
     return DataLoader(dataset, batch_size=1, sampler=build_test_sampler(dataset, distributed),
-                      num_workers=data_cfg.workers, collate_fn=functools.partial(collate, size_divisor=data_cfg.size_divisor))
+                      num_workers=data_cfg.workers,
+                      collate_fn=functools.partial(collate, size_divisor=data_cfg.size_divisor))

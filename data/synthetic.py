@@ -29,7 +29,7 @@ import tempfile
 import time
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 
 CATEGORIES = [
     {"id": 3, "name": "circle", "supercategory": "shape"},

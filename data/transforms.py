@@ -6,10 +6,9 @@ data.coco.CocoDetection: 'boxes' float tensor [N, 4] xyxy in pixels of the curre
 (h, w) of the current image, 'scale' (current size / original size); other keys pass through.
 Randomness uses torch's generator, which DataLoader seeds per worker.
 """
+import numpy as np
 import torch
 from PIL import Image
-
-import numpy as np
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)  # RGB, on 0..255 pixels (ImageNet statistics)
 PIXEL_STD = (58.395, 57.12, 57.375)

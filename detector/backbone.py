@@ -32,7 +32,8 @@ def load_pretrained(model, depth, pretrained):
         except Exception as error:  # URLError, socket errors, hash errors: all mean 'no usable download'
             raise PretrainedWeightsError(
                 f"could not download torchvision ResNet-{depth} weights ({type(error).__name__}); offline, "
-                f"fetch {weights.url} elsewhere and pass model.backbone.pretrained=/path/to/{weights.url.split('/')[-1]}"
+                f"fetch {weights.url} elsewhere and pass "
+                f"model.backbone.pretrained=/path/to/{weights.url.split('/')[-1]}"
             ) from None
     else:
         try:
@@ -110,7 +111,8 @@ class FPN(nn.Module):
     def forward(self, features):
         laterals = [conv(f) for conv, f in zip(self.lateral, features)]
         for i in range(len(laterals) - 1, 0, -1):  # top-down: P5 -> P4 -> P3
-            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
+            upsampled = F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
+            laterals[i - 1] = laterals[i - 1] + upsampled
         outputs = [conv(x) for conv, x in zip(self.output, laterals)]
         p6 = self.p6(features[-1] if self.extra_from == "c5" else outputs[-1])
         p7 = self.p7(F.relu(p6))

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import losses
+
 from .anchors import anchor_centers
 from .assign import atss_assign, max_iou_assign
 from .box_coder import decode_deltas, decode_distances, distribution_integral, encode_deltas, encode_distances

@@ -9,6 +9,7 @@ import torch
 from tqdm import tqdm
 
 from data.evaluation import coco_evaluate
+
 from . import dist
 
 logger = logging.getLogger("focaldet")
@@ -34,7 +35,8 @@ def train_one_epoch(model, criterion, loader, optimizer, epoch, iteration, base_
     criterion.train()
     iters_per_epoch = len(loader)
     show_bar = dist.is_main_process() and sys.stderr.isatty()  # in a log file the ETA is in the log lines
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not show_bar, dynamic_ncols=True, leave=False)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not show_bar, dynamic_ncols=True,
+               leave=False)
     total_iters = cfg.train.epochs * iters_per_epoch if cfg.train.max_iters is None else cfg.train.max_iters
     first_iteration = iteration
     started = time.time()

@@ -3,6 +3,7 @@ import os
 import sys
 
 from data.coco import DatasetError
+
 from .backbone import PretrainedWeightsError
 from .checkpoint import CheckpointError
 from .config import ConfigError

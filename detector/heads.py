@@ -24,7 +24,8 @@ def tower(in_channels, feat_channels, stacked_convs, norm):
     """stacked_convs x (conv3x3 [+ GroupNorm(32)] + ReLU); the conv has no bias when a norm follows."""
     layers = []
     for i in range(stacked_convs):
-        layers.append(nn.Conv2d(in_channels if i == 0 else feat_channels, feat_channels, 3, padding=1, bias=norm is None))
+        channels = in_channels if i == 0 else feat_channels
+        layers.append(nn.Conv2d(channels, feat_channels, 3, padding=1, bias=norm is None))
         if norm == "gn":
             # 32 groups (reference) when there are >= 2 channels per group; fewer for slim demo heads.
             layers.append(nn.GroupNorm(math.gcd(32, feat_channels // 2), feat_channels))

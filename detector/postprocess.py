@@ -6,9 +6,9 @@ the group index image * C + class, so boxes of different images or classes never
 import torch
 from torchvision.ops import batched_nms
 
+from .anchors import anchor_centers
 from .box_coder import decode_deltas, decode_distances, distribution_integral
 from .criterion import ATSS_DELTA_STDS
-from .anchors import anchor_centers
 
 
 class PostProcessor:
@@ -47,15 +47,16 @@ class PostProcessor:
             top_scores, top_index = level.topk(min(cfg.nms_pre, level.shape[1]), dim=1)  # [B, k]
             batch_index, rank = torch.nonzero(top_scores > cfg.score_thr, as_tuple=True)
             flat = top_index[batch_index, rank]
-            selected.append((batch_index, flat // num_classes + start, flat % num_classes, top_scores[batch_index, rank]))
+            selected.append((batch_index, flat // num_classes + start, flat % num_classes,
+                             top_scores[batch_index, rank]))
             start += count
         batch_index, anchor_index, labels, kept_scores = (torch.cat(parts) for parts in zip(*selected))
         if self.head_type == "atss":
             kept_scores = kept_scores * outputs.centerness[batch_index, anchor_index].float().sigmoid()
         boxes = self.decode(outputs, batch_index, anchor_index)
         heights, widths = image_sizes[batch_index, 0].to(boxes), image_sizes[batch_index, 1].to(boxes)
-        boxes = torch.stack([boxes[:, 0].clamp(min=0).minimum(widths), boxes[:, 1].clamp(min=0).minimum(heights),
-                             boxes[:, 2].clamp(min=0).minimum(widths), boxes[:, 3].clamp(min=0).minimum(heights)], dim=1)
+        limits = torch.stack([widths, heights, widths, heights], dim=1)                # [K, 4]
+        boxes = boxes.clamp(min=0).minimum(limits)
         keep = batched_nms(boxes, kept_scores, batch_index * num_classes + labels, cfg.nms_iou)  # sorted by score
         results = []
         for image in range(batch):

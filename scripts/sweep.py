@@ -51,7 +51,8 @@ def main():
     parser.add_argument("--configs", nargs="+", required=True)
     parser.add_argument("--grid", nargs="*", default=[], help="dotted.key=value1,value2,...")
     parser.add_argument("--out-dir", default=os.path.join("work_dirs", "sweep"))
-    parser.add_argument("--launcher", default=f"{shlex.quote(sys.executable)}", help="e.g. 'torchrun --nproc_per_node=8'")
+    parser.add_argument("--launcher", default=shlex.quote(sys.executable),
+                        help="e.g. 'torchrun --nproc_per_node=8'")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides for every run (after --)")
     args = parser.parse_args()
 

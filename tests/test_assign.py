@@ -43,7 +43,8 @@ def retina_anchors(anchors_per_location):
     scales = [2 ** (k / 3) for k in range(3)]
     ratios = [0.5, 1.0, 2.0]
     shapes = [(scale, ratio) for scale in scales for ratio in ratios][:anchors_per_location]
-    return make_anchors([8, 16, 32], lambda s: [(4 * s * c / math.sqrt(r), 4 * s * c * math.sqrt(r)) for c, r in shapes])
+    return make_anchors([8, 16, 32],
+                        lambda s: [(4 * s * c / math.sqrt(r), 4 * s * c * math.sqrt(r)) for c, r in shapes])
 
 
 def random_boxes(generator, count):

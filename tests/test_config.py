@@ -5,8 +5,16 @@ import os
 import pytest
 import yaml
 
-from detector.config import (CONFIG_DIR, Config, ConfigError, config_from_dict, config_to_dict, dump_config,
-                             load_config, resolve_config_path)
+from detector.config import (
+    CONFIG_DIR,
+    Config,
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    dump_config,
+    load_config,
+    resolve_config_path,
+)
 
 CONFIG_FILES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(CONFIG_DIR, "*.yaml")))
 

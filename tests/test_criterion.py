@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_detector import INPUT_SHAPE, padded_targets, tiny_config
 from torchvision.ops import box_iou, generalized_box_iou
 
 from detector import build_criterion, build_model
 from detector.anchors import AnchorGenerator
 from detector.assign import atss_assign, max_iou_assign
 from detector.detector import HeadOutputs
-from tiny_detector import INPUT_SHAPE, padded_targets, tiny_config
 
 HEADS = ["retinanet", "atss", "gfl"]
 NUM_CLASSES = 4

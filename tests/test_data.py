@@ -9,8 +9,13 @@ from PIL import Image
 
 from data.coco import CocoDetection, DatasetError
 from data.collate import collate
-from data.samplers import GroupedBatchSampler, ShardSampler, aspect_group_ids, build_test_sampler, \
-    build_train_batch_sampler
+from data.samplers import (
+    GroupedBatchSampler,
+    ShardSampler,
+    aspect_group_ids,
+    build_test_sampler,
+    build_train_batch_sampler,
+)
 from data.transforms import PIXEL_MEAN, PIXEL_STD, Normalize, RandomHorizontalFlip, Resize, build_transforms
 
 

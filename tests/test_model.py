@@ -5,6 +5,7 @@ import urllib.error
 import pytest
 import torch
 import torchvision
+from tiny_detector import INPUT_SHAPE, tiny_config
 from torch import nn
 from torchvision.models import resnet
 from torchvision.ops import FrozenBatchNorm2d
@@ -12,10 +13,8 @@ from torchvision.ops import FrozenBatchNorm2d
 from detector import build_model
 from detector.anchors import AnchorGenerator
 from detector.backbone import PretrainedWeightsError, ResNetBackbone
-from detector.box_coder import (decode_deltas, decode_distances, distribution_integral, encode_deltas,
-                                encode_distances)
+from detector.box_coder import decode_deltas, decode_distances, distribution_integral, encode_deltas, encode_distances
 from detector.config import load_config
-from tiny_detector import INPUT_SHAPE, tiny_config
 
 STRIDES = [8, 16, 32, 64, 128]
 
