@@ -14,9 +14,9 @@ import sys
 
 import torch
 
-from data.build import build_dataset, build_test_loader
+from data.build import build_dataset, build_test_loader, check_categories
 from detector import build_model, build_postprocessor, dist
-from detector.checkpoint import load_checkpoint
+from detector.checkpoint import load_checkpoint, load_state
 from detector.config import config_from_dict, load_config, merge_dicts, parse_overrides
 from detector.engine import evaluate
 from detector.errors import run_cli
@@ -47,7 +47,10 @@ def main():
     dataset = build_dataset(cfg.data, train=False)
     loader = build_test_loader(dataset, cfg.data, distributed=world_size > 1)
     model = build_model(cfg.model, dataset.num_classes).to(device)
-    model.load_state_dict(checkpoint["model"])
+    if checkpoint.get("classes") is not None:
+        check_categories(dataset, checkpoint["classes"]["cat_ids"], checkpoint["classes"]["class_names"],
+                         f"checkpoint {args.checkpoint}")
+    load_state(model, checkpoint["model"], args.checkpoint)
     metrics, detections = evaluate(model, build_postprocessor(cfg.model), loader, dataset, device, cfg.train.amp)
     if rank == 0:
         out_dir = args.out_dir or os.path.join(cfg.work_dir or os.path.join("work_dirs", cfg.name), "eval")

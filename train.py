@@ -17,9 +17,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
-from data.build import build_dataset, build_test_loader, build_train_loader
+from data.build import build_dataset, build_test_loader, build_train_loader, check_categories
 from detector import build_criterion, build_model, build_postprocessor, dist
-from detector.checkpoint import load_checkpoint, save_checkpoint
+from detector.checkpoint import RESUME_KEYS, load_checkpoint, load_state, save_checkpoint
 from detector.config import config_to_dict, dump_config, load_config
 from detector.engine import evaluate, train_one_epoch
 from detector.errors import run_cli
@@ -64,6 +64,15 @@ def write_json(path, value):
     os.replace(path + ".tmp", path)
 
 
+def read_history(path, up_to_epoch):
+    """Evaluations of a run being resumed (from its metrics.json), up to the checkpoint's epoch."""
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        history = json.load(f).get("history", [])
+    return [entry for entry in history if entry["epoch"] <= up_to_epoch]
+
+
 def main():
     args = parse_args()
     cfg = load_config(args.config, args.overrides)
@@ -91,6 +100,8 @@ def main():
     val_set = build_dataset(cfg.data, train=False)
     if main_process:
         dist.barrier()
+    check_categories(val_set, train_set.cat_ids, train_set.class_names, f"the train split ({train_set.ann_file})")
+    classes = {"cat_ids": train_set.cat_ids, "class_names": train_set.class_names}
     train_loader = build_train_loader(train_set, cfg.data, cfg.train.seed, distributed=world_size > 1)
     val_loader = build_test_loader(val_set, cfg.data, distributed=world_size > 1)
     logger.info(f"train: {len(train_set)} images, {len(train_loader)} iterations/epoch; val: {len(val_set)} images; "
@@ -103,7 +114,9 @@ def main():
     num_parameters = sum(p.numel() for p in model.parameters())
     logger.info(f"model: {cfg.model.head.type} R{cfg.model.backbone.depth}, {num_parameters / 1e6:.2f}M parameters")
     if world_size > 1:
-        model = DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None)
+        # Frozen BN buffers never change: only trainable BN needs rank 0's statistics broadcast each step.
+        model = DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None,
+                                        broadcast_buffers=cfg.model.backbone.norm != "frozen_bn")
     bare_model = model.module if world_size > 1 else model
 
     # Linear scaling rule: optim.lr is the rate at base_batch_size images per iteration.
@@ -114,21 +127,23 @@ def main():
                 f"(optim.lr {cfg.optim.lr} at batch {cfg.optim.base_batch_size})")
 
     # --- resume: weights, criterion statistics, optimizer, epoch and iteration ----------------------
-    start_epoch, iteration = 0, 0
+    start_epoch, iteration, history = 0, 0, []
     resume = args.resume
     if resume == "auto":
         last = os.path.join(cfg.work_dir, "checkpoints", "last.pth")
         resume = last if os.path.isfile(last) else None
     if resume:
-        checkpoint = load_checkpoint(resume)
-        bare_model.load_state_dict(checkpoint["model"])
-        criterion.load_state_dict(checkpoint["criterion"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        checkpoint = load_checkpoint(resume, required=RESUME_KEYS)
+        if checkpoint.get("classes") is not None:
+            check_categories(train_set, checkpoint["classes"]["cat_ids"], None, f"checkpoint {resume}")
+        load_state(bare_model, checkpoint["model"], resume)
+        load_state(criterion, checkpoint["criterion"], resume, "criterion")
+        load_state(optimizer, checkpoint["optimizer"], resume, "optimizer")
         start_epoch, iteration = checkpoint["epoch"], checkpoint["iteration"]
+        history = read_history(os.path.join(cfg.work_dir, "metrics.json"), start_epoch)
         logger.info(f"resumed from {resume}: epoch {start_epoch}, iteration {iteration}")
 
     writer = SummaryWriter(os.path.join(cfg.work_dir, "tb")) if main_process else None
-    history = []
     metrics, detections = None, None
     for epoch in range(start_epoch, cfg.train.epochs):
         train_loader.batch_sampler.set_epoch(epoch)
@@ -137,10 +152,11 @@ def main():
         done = epoch + 1 == cfg.train.epochs or (cfg.train.max_iters is not None and iteration >= cfg.train.max_iters)
         if main_process:
             path = os.path.join(cfg.work_dir, "checkpoints", "last.pth")
-            save_checkpoint(path, bare_model, criterion, optimizer, epoch + 1, iteration, config_to_dict(cfg))
+            save_checkpoint(path, bare_model, criterion, optimizer, epoch + 1, iteration, config_to_dict(cfg),
+                            classes)
             if (epoch + 1) % cfg.train.checkpoint_interval == 0:
                 save_checkpoint(path.replace("last.pth", f"epoch_{epoch + 1}.pth"), bare_model, criterion, optimizer,
-                                epoch + 1, iteration, config_to_dict(cfg))
+                                epoch + 1, iteration, config_to_dict(cfg), classes)
         if done or (epoch + 1) % cfg.train.eval_interval == 0:
             dist.broadcast_buffers(bare_model)  # every rank evaluates rank 0's BN statistics, the checkpoint's
             metrics, detections = evaluate(bare_model, postprocessor, val_loader, val_set, device, cfg.train.amp)

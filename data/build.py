@@ -4,7 +4,7 @@ import functools
 import torch
 from torch.utils.data import DataLoader
 
-from data.coco import CocoDetection
+from data.coco import CocoDetection, DatasetError
 from data.collate import collate
 from data.samplers import build_test_sampler, build_train_batch_sampler
 from data.synthetic import ensure_shapes_dataset
@@ -22,14 +22,42 @@ def dataset_paths(data_cfg):
 
 
 def build_dataset(data_cfg, train):
+    """The train or val CocoDetection; a split left without images or categories is a DatasetError."""
     train_images, train_ann, val_images, val_ann = dataset_paths(data_cfg)
     if train:
         transforms = build_transforms(True, data_cfg.train_short_sides, data_cfg.max_size,
                                       data_cfg.short_side_mode, data_cfg.flip_prob)
-        return CocoDetection(train_images, train_ann, transforms,
-                             remove_images_without_annotations=data_cfg.remove_images_without_annotations)
-    transforms = build_transforms(False, [data_cfg.test_short_side], data_cfg.max_size)
-    return CocoDetection(val_images, val_ann, transforms, remove_images_without_annotations=False)
+        dataset = CocoDetection(train_images, train_ann, transforms,
+                                remove_images_without_annotations=data_cfg.remove_images_without_annotations)
+    else:
+        transforms = build_transforms(False, [data_cfg.test_short_side], data_cfg.max_size)
+        dataset = CocoDetection(val_images, val_ann, transforms, remove_images_without_annotations=False)
+    if dataset.num_classes == 0:
+        raise DatasetError(f"{dataset.ann_file}: no categories")
+    if len(dataset) == 0:
+        raise DatasetError(f"{dataset.ann_file}: no images to {'train' if train else 'evaluate'} on "
+                           f"({dataset.stats['images']} in the file, {dataset.stats['images_dropped_empty']} "
+                           f"dropped without a usable box)")
+    return dataset
+
+
+def check_categories(dataset, cat_ids, class_names, source):
+    """The model's classes (from the train split or a checkpoint) must be the dataset's, in the same order.
+
+    Contiguous label i means category cat_ids[i]; a different list would silently score every
+    detection against the wrong class, so it is a DatasetError naming both sides.
+    """
+    if list(dataset.cat_ids) != list(cat_ids):
+        raise DatasetError(f"{dataset.ann_file}: category ids {_short(dataset.cat_ids)} differ from {source}'s "
+                           f"{_short(cat_ids)}; both must list the same categories")
+    if class_names is not None and list(dataset.class_names) != list(class_names):
+        raise DatasetError(f"{dataset.ann_file}: category names {_short(dataset.class_names)} differ from "
+                           f"{source}'s {_short(class_names)}")
+
+
+def _short(values, limit=8):
+    values = list(values)
+    return str(values) if len(values) <= limit else f"{values[:limit]}... ({len(values)} in all)"
 
 
 def build_train_loader(dataset, data_cfg, seed, distributed):

@@ -16,6 +16,8 @@ class AnchorGenerator:
     (32..813 px over strides 8..128); ATSS / GFL: octave_base_scale 8, one scale, ratio 1.
     """
 
+    CACHE_SIZE = 64
+
     def __init__(self, strides, octave_base_scale, scales_per_octave, ratios, offset=0.0):
         self.strides = list(strides)
         self.offset = offset
@@ -27,12 +29,14 @@ class AnchorGenerator:
         heights = (h_ratios[:, None] * scales[None, :]).reshape(-1)  # [K]
         self.base = torch.stack([-widths, -heights, widths, heights], dim=1) / 2  # [K, 4]
         self.num_per_location = self.base.shape[0]
-        self._cache = {}
+        self._cache = {}  # (feature sizes, device) -> result; bounded, since multi-scale training varies sizes
 
     def __call__(self, feature_sizes, device):
         """feature_sizes: [(H_l, W_l)] per level -> (anchors [A, 4], strides [A], num_per_level [L])."""
         key = (tuple(tuple(s) for s in feature_sizes), str(device))
         if key not in self._cache:
+            if len(self._cache) >= self.CACHE_SIZE:
+                self._cache.pop(next(iter(self._cache)))  # the oldest entry
             anchors, strides, counts = [], [], []
             for (height, width), stride in zip(feature_sizes, self.strides):
                 ys = (torch.arange(height, dtype=torch.float64) + self.offset) * stride

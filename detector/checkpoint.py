@@ -1,30 +1,57 @@
-"""Checkpoints: written atomically (temp file + rename), loaded with weights_only=True."""
+"""Checkpoints: written atomically (temp file + rename), loaded with weights_only=True.
+
+A checkpoint is a dict: 'model', 'criterion' (EFL statistics), 'optimizer', 'epoch', 'iteration',
+'config' (the resolved config as a dict) and 'classes' ({'cat_ids': [...], 'class_names': [...]},
+label i <-> dataset category cat_ids[i]).
+"""
 import os
 
 import torch
+
+REQUIRED_KEYS = ("model", "config")
+RESUME_KEYS = ("model", "criterion", "optimizer", "epoch", "iteration", "config")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing or unusable; the message names the file."""
 
 
-def save_checkpoint(path, model, criterion, optimizer, epoch, iteration, config_dict):
-    """Everything needed to resume: weights, criterion buffers (EFL statistics), optimizer, position, config."""
+def save_checkpoint(path, model, criterion, optimizer, epoch, iteration, config_dict, classes):
+    """Everything needed to resume and to evaluate: weights, criterion buffers, optimizer, position, config,
+    and the category ids / names the labels stand for."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     state = {"model": model.state_dict(), "criterion": criterion.state_dict(),
              "optimizer": optimizer.state_dict() if optimizer is not None else None,
-             "epoch": epoch, "iteration": iteration, "config": config_dict}
+             "epoch": epoch, "iteration": iteration, "config": config_dict, "classes": classes}
     temporary = f"{path}.tmp.{os.getpid()}"
     torch.save(state, temporary)
     os.replace(temporary, path)
 
 
-def load_checkpoint(path):
-    """The checkpoint dict; a missing or unreadable file is a one-line CheckpointError."""
+def load_checkpoint(path, required=REQUIRED_KEYS):
+    """The checkpoint dict; a missing, unreadable or foreign file (lacking `required` keys) is a CheckpointError."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise CheckpointError(f"{path}: cannot be loaded as a focaldet checkpoint ({type(error).__name__}: "
                               f"{str(error).splitlines()[0] if str(error) else ''})") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path}: holds a {type(checkpoint).__name__}, not a focaldet checkpoint dict")
+    missing = [key for key in required if checkpoint.get(key) is None]
+    if missing:
+        raise CheckpointError(f"{path}: not a focaldet checkpoint, or not one to resume from: lacks {missing} "
+                              f"(has {sorted(checkpoint)[:8]})")
+    return checkpoint
+
+
+def load_state(module, state, path, what="model"):
+    """module.load_state_dict(state) with a one-line CheckpointError when the architectures differ."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = "; ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else type(error).__name__)
+        raise CheckpointError(f"{path}: {what} weights do not fit this config ({detail[:300]}); "
+                              f"evaluate with the config the checkpoint was trained with") from None

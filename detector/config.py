@@ -274,7 +274,65 @@ def load_config(path=None, overrides=()):
             data = merge_dicts(base_data, data)
         data.setdefault("name", os.path.splitext(os.path.basename(path))[0])
     data = merge_dicts(data, parse_overrides(overrides))
-    return _apply(Config(), data, "")
+    return validate(_apply(Config(), data, ""))
+
+
+# Fields restricted to a set of values, and numeric fields with a lower bound: checked after every load,
+# so a typo in a choice is a ConfigError naming the key, not an error deep inside model construction.
+CHOICES = {
+    "model.backbone.depth": (18, 34, 50, 101),
+    "model.backbone.norm": ("frozen_bn", "bn"),
+    "model.fpn.extra_from": ("c5", "p5"),
+    "model.head.type": ("retinanet", "atss", "gfl"),
+    "model.head.norm": (None, "gn"),
+    "model.assigner.type": ("max_iou", "atss"),
+    "model.assigner.low_quality": ("mmdet", "torchvision", "none"),
+    "data.dataset": ("coco", "shapes"),
+    "data.short_side_mode": ("choice", "range"),
+    "optim.type": ("sgd", "adamw"),
+    "train.device": ("auto", "cpu", "cuda"),
+}
+MINIMUM = {
+    "model.backbone.frozen_stages": -1, "model.fpn.out_channels": 1, "model.head.stacked_convs": 0,
+    "model.head.feat_channels": 1, "model.head.reg_max": 1, "model.anchors.scales_per_octave": 1,
+    "model.assigner.topk": 1, "model.test.nms_pre": 1, "model.test.max_per_img": 1,
+    "data.shapes_num_train": 1, "data.shapes_num_val": 1, "data.max_size": 1, "data.test_short_side": 1,
+    "data.batch_size": 1, "data.workers": 0, "data.size_divisor": 1, "optim.base_batch_size": 1,
+    "optim.warmup_iters": 0, "train.epochs": 1, "train.eval_interval": 1, "train.checkpoint_interval": 1,
+    "train.log_interval": 1, "train.max_iters": 1,
+}
+
+
+def _get(cfg, dotted):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def validate(cfg):
+    """Check choices, bounds and cross-field rules; the first problem is a ConfigError naming the key."""
+    for key, choices in CHOICES.items():
+        if _get(cfg, key) not in choices:
+            raise ConfigError(f"config key '{key}' must be one of {list(choices)}, got {_get(cfg, key)!r}")
+    for key, minimum in MINIMUM.items():
+        value = _get(cfg, key)
+        if value is not None and value < minimum:
+            raise ConfigError(f"config key '{key}' must be >= {minimum}, got {value}")
+    if len(cfg.model.anchors.strides) != 5:
+        raise ConfigError(f"config key 'model.anchors.strides' needs 5 strides (P3-P7), "
+                          f"got {cfg.model.anchors.strides}")
+    if not cfg.model.anchors.ratios:
+        raise ConfigError("config key 'model.anchors.ratios' must not be empty")
+    sides = cfg.data.train_short_sides
+    if not sides or min(sides) < 1:
+        raise ConfigError(f"config key 'data.train_short_sides' needs at least one positive size, got {sides}")
+    if not 0 <= cfg.data.flip_prob <= 1:
+        raise ConfigError(f"config key 'data.flip_prob' must be in [0, 1], got {cfg.data.flip_prob}")
+    if len(cfg.optim.betas) != 2:
+        raise ConfigError(f"config key 'optim.betas' needs 2 values, got {cfg.optim.betas}")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"config key 'optim.lr' must be > 0, got {cfg.optim.lr}")
+    return cfg
 
 
 def config_to_dict(cfg):
@@ -283,7 +341,7 @@ def config_to_dict(cfg):
 
 def config_from_dict(data):
     """Inverse of config_to_dict (used when a checkpoint carries its config)."""
-    return _apply(Config(), data, "")
+    return validate(_apply(Config(), data, ""))
 
 
 def dump_config(cfg, path):

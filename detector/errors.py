@@ -21,5 +21,17 @@ def run_cli(main):
     except USER_ERRORS as error:
         if os.environ.get("FOCALDET_DEBUG"):
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(2)
+
+
+def one_line(error):
+    """The message of a user error; one raised in a DataLoader worker comes back wrapped in the worker's
+    traceback ("Caught DatasetError in DataLoader worker process 0. Original Traceback ..."), whose
+    last line is the original 'module.Class: message'."""
+    message = str(error).strip()
+    if "Original Traceback" in message:
+        last = message.splitlines()[-1]
+        prefix = f"{type(error).__module__}.{type(error).__name__}: "
+        message = last[len(prefix):] if last.startswith(prefix) else last
+    return message.splitlines()[0] if message else type(error).__name__

@@ -140,6 +140,20 @@ def test_wrong_type_names_the_key(override, key):
         load_config("gfl_r50.yaml", [override])
 
 
+@pytest.mark.parametrize("override, message", [
+    ("model.backbone.depth=152", r"'model.backbone.depth' must be one of \[18, 34, 50, 101\], got 152"),
+    ("model.head.norm=bn", r"'model.head.norm' must be one of \[None, 'gn'\], got 'bn'"),
+    ("model.assigner.type=atts", r"'model.assigner.type' must be one of \['max_iou', 'atss'\], got 'atts'"),
+    ("optim.type=adam", r"'optim.type' must be one of \['sgd', 'adamw'\], got 'adam'"),
+    ("model.anchors.strides=[8,16,32,64]", r"'model.anchors.strides' needs 5 strides"),
+    ("data.workers=-1", r"'data.workers' must be >= 0, got -1"),
+    ("optim.lr=0", r"'optim.lr' must be > 0"),
+])
+def test_invalid_choices_and_bounds_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("gfl_r50.yaml", [override])
+
+
 def test_override_without_equals_sign_is_an_error():
     with pytest.raises(ConfigError, match="dotted.key=value"):
         load_config(None, ["optim.lr"])

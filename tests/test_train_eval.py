@@ -66,6 +66,7 @@ def test_training_writes_the_run_directory(trained, shapes_small):
     assert saved.train.max_iters == 4 and saved.data.train_ann == shapes_small["train_ann"]
     checkpoint = torch.load(os.path.join(work_dir, "checkpoints", "last.pth"), weights_only=True)
     assert (checkpoint["epoch"], checkpoint["iteration"]) == (1, 4)
+    assert checkpoint["classes"] == {"cat_ids": [3, 7, 11, 42], "class_names": ["circle", "square", "triangle", "star"]}
     with open(os.path.join(work_dir, "log.txt")) as f:
         log = f.read()
     assert "epoch 1 iter 4/4" in log and "epoch 1 iter 5" not in log and "final bbox AP" in log
@@ -118,7 +119,7 @@ def test_resume_auto_continues_from_the_checkpoint(trained, tmp_path):
     checkpoint = torch.load(os.path.join(resumed_dir, "checkpoints", "last.pth"), weights_only=True)
     assert (checkpoint["epoch"], checkpoint["iteration"]) == (2, 6)
     history = read_json(os.path.join(resumed_dir, "metrics.json"))["history"]
-    assert (history[-1]["epoch"], history[-1]["iteration"]) == (2, 6)
+    assert [(entry["epoch"], entry["iteration"]) for entry in history] == [(1, 4), (2, 6)]  # epoch 1 kept
 
 
 def free_port():
@@ -213,3 +214,53 @@ def test_bad_input_is_one_error_line(run_main_in_process, shapes_small, tmp_path
     ]
     for script, args, named in cases:
         assert_one_error_line(*run_main_in_process(script, args), named)
+
+
+def write_json(path, value):
+    with open(path, "w") as f:
+        json.dump(value, f)
+    return str(path)
+
+
+def test_inconsistent_data_and_checkpoints_are_one_error_line(run_main_in_process, trained, shapes_small, tmp_path):
+    work_dir, overrides, _ = trained
+    last = os.path.join(work_dir, "checkpoints", "last.pth")
+    val = read_json(shapes_small["val_ann"])
+    # val split without category 42: its labels would mean other classes than the model's
+    fewer = dict(val, categories=[c for c in val["categories"] if c["id"] != 42],
+                 annotations=[a for a in val["annotations"] if a["category_id"] != 42])
+    fewer_ann = write_json(tmp_path / "val_fewer.json", fewer)
+    empty_train = write_json(tmp_path / "train_empty.json", dict(val, annotations=[]))
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, foreign)
+    run = ["--config", "shapes_gfl_r18.yaml", *overrides, "train.max_iters=1"]
+    cases = [
+        ("train.py", run + [f"data.val_ann={fewer_ann}", "--work-dir", str(tmp_path / "r1")],
+         "val_fewer.json: category ids [3, 7, 11] differ from the train split"),
+        ("eval.py", ["--checkpoint", last, f"data.val_ann={fewer_ann}"],
+         "val_fewer.json: category ids [3, 7, 11] differ from checkpoint"),
+        ("train.py", run + [f"data.train_ann={empty_train}", "--work-dir", str(tmp_path / "r2")],
+         "train_empty.json: no images to train on (12 in the file, 12 dropped without a usable box)"),
+        ("eval.py", ["--checkpoint", str(foreign)], "foreign.pth: not a focaldet checkpoint"),
+        ("eval.py", ["--checkpoint", last, "model.head.feat_channels=64"],
+         "last.pth: model weights do not fit this config (size mismatch"),
+        ("train.py", ["--config", "shapes_gfl_r18.yaml", "data.dataset=foo"],
+         "config key 'data.dataset' must be one of ['coco', 'shapes'], got 'foo'"),
+        ("train.py", ["--config", "shapes_gfl_r18.yaml", "data.batch_size=0"],
+         "config key 'data.batch_size' must be >= 1, got 0"),
+    ]
+    for script, args, named in cases:
+        assert_one_error_line(*run_main_in_process(script, args), named)
+
+
+def test_error_in_a_dataloader_worker_is_one_error_line(run_main_in_process, shapes_small, tmp_path):
+    """An unreadable image found by a worker process: the worker's traceback is reduced to its message."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for image in read_json(shapes_small["train_ann"])["images"]:
+        (images / image["file_name"]).write_bytes(b"not a png")
+    args = ["--config", "shapes_gfl_r18.yaml", *data_overrides(shapes_small), *TINY, f"data.train_images={images}",
+            "data.workers=1", "--work-dir", str(tmp_path / "run")]
+    returncode, stderr = run_main_in_process("train.py", args)
+    assert_one_error_line(returncode, stderr, f"{images}/")
+    assert re.search(r"\.png: unreadable image \(image \d+\): cannot identify image file", stderr), stderr
