@@ -1,4 +1,4 @@
-"""Golden adapters for the assigners (see /work/shared/golden/README.md, assigner sections).
+"""Golden adapters for the assigners (see ../shared/golden/README.md, assigner sections).
 
 Maps ``detector.assign`` onto the golden schema: one image (B = 1), every GT valid. The golden
 coding is 0 = negative, k = 1-based GT index, -1 = ignore; ours is -1 background, -2 ignore,
