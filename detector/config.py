@@ -9,6 +9,7 @@ suggests the nearest valid keys. Defaults are the COCO 1x RetinaNet R50 settings
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -154,6 +155,29 @@ class Config:
 
 
 # ---------------------------------------------------------------------------------------------
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader that also reads exponent floats without a dot ('1e-4', '2E5') as floats.
+
+    PyYAML follows YAML 1.1, where `lr: 1e-4` is the string '1e-4'; YAML 1.2 and every user mean a float.
+    """
+
+
+_Loader.yaml_implicit_resolvers = {key: list(value) for key, value in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def _safe_load(text_or_stream):
+    """yaml.safe_load with _Loader (a SafeLoader subclass: plain data only, never arbitrary objects)."""
+    loader = _Loader(text_or_stream)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def resolve_config_path(path):
     """`path` as given, else configs/<path>; a missing file is a ConfigError."""
     for candidate in (path, os.path.join(CONFIG_DIR, path)):
@@ -165,7 +189,7 @@ def resolve_config_path(path):
 def _read_yaml(path):
     try:
         with open(path) as f:
-            data = yaml.safe_load(f) or {}
+            data = _safe_load(f) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: invalid YAML: {str(error).splitlines()[0]}") from None
     if not isinstance(data, dict):
@@ -248,7 +272,7 @@ def parse_overrides(overrides):
             raise ConfigError(f"override '{item}' must look like dotted.key=value")
         key, text = item.split("=", 1)
         try:
-            value = yaml.safe_load(text)
+            value = _safe_load(text)
         except yaml.YAMLError:
             raise ConfigError(f"override '{item}': value is not valid YAML") from None
         node = nested

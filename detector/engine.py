@@ -53,7 +53,8 @@ def train_one_epoch(model, criterion, loader, optimizer, epoch, iteration, base_
         loss = sum(value for key, value in losses.items() if key.startswith("loss_"))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss at iteration {iteration}: "
-                                     + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items()))
+                                     + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+                                     + "; training diverged: lower optim.lr or set optim.grad_clip")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.optim.grad_clip is not None:

@@ -8,7 +8,9 @@ from .backbone import PretrainedWeightsError
 from .checkpoint import CheckpointError
 from .config import ConfigError
 
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, PretrainedWeightsError, FileNotFoundError)
+# FloatingPointError: a diverged training (non-finite loss), reported with the iteration and the losses.
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, PretrainedWeightsError, FileNotFoundError,
+               FloatingPointError)
 
 
 def run_cli(main):

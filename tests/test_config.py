@@ -154,6 +154,15 @@ def test_invalid_choices_and_bounds_name_the_key(override, message):
         load_config("gfl_r50.yaml", [override])
 
 
+def test_exponent_floats_without_a_dot_are_floats(tmp_path):
+    """PyYAML alone reads '1e-4' as a string (YAML 1.1); configs and overrides read it as 0.0001."""
+    path = tmp_path / "exp.yaml"
+    path.write_text("base: " + os.path.join(CONFIG_DIR, "gfl_r50.yaml") + "\noptim:\n  weight_decay: 5e-5\n")
+    cfg = load_config(str(path), ["optim.lr=1e-3", "model.loss_cls.params.gamma=2E0", "name=1e5x"])
+    assert cfg.optim.weight_decay == 5e-5 and cfg.optim.lr == 1e-3 and cfg.name == "1e5x"
+    assert cfg.model.loss_cls.params["gamma"] == 2.0 and isinstance(cfg.model.loss_cls.params["gamma"], float)
+
+
 def test_override_without_equals_sign_is_an_error():
     with pytest.raises(ConfigError, match="dotted.key=value"):
         load_config(None, ["optim.lr"])
