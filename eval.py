@@ -46,12 +46,14 @@ def main():
 
     dataset = build_dataset(cfg.data, train=False)
     loader = build_test_loader(dataset, cfg.data, distributed=world_size > 1)
-    model = build_model(cfg.model, dataset.num_classes).to(device)
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
+    model = build_model(cfg.model, dataset.num_classes).to(device, memory_format=memory_format)
     if checkpoint.get("classes") is not None:
         check_categories(dataset, checkpoint["classes"]["cat_ids"], checkpoint["classes"]["class_names"],
                          f"checkpoint {args.checkpoint}")
     load_state(model, checkpoint["model"], args.checkpoint)
-    metrics, detections = evaluate(model, build_postprocessor(cfg.model), loader, dataset, device, cfg.train.amp)
+    metrics, detections = evaluate(model, build_postprocessor(cfg.model), loader, dataset, device, cfg.train.amp,
+                                   cfg.train.channels_last)
     if rank == 0:
         out_dir = args.out_dir or os.path.join(cfg.work_dir or os.path.join("work_dirs", cfg.name), "eval")
         os.makedirs(out_dir, exist_ok=True)

@@ -108,7 +108,8 @@ def main():
                 f"{train_set.num_classes} classes")
 
     # --- model, criterion, post-processor: three objects; DDP wraps only the model -------------------
-    model = build_model(cfg.model, train_set.num_classes).to(device)
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
+    model = build_model(cfg.model, train_set.num_classes).to(device, memory_format=memory_format)
     criterion = build_criterion(cfg.model, train_set.num_classes).to(device)
     postprocessor = build_postprocessor(cfg.model)
     num_parameters = sum(p.numel() for p in model.parameters())
@@ -159,7 +160,8 @@ def main():
                                 epoch + 1, iteration, config_to_dict(cfg), classes)
         if done or (epoch + 1) % cfg.train.eval_interval == 0:
             dist.broadcast_buffers(bare_model)  # every rank evaluates rank 0's BN statistics, the checkpoint's
-            metrics, detections = evaluate(bare_model, postprocessor, val_loader, val_set, device, cfg.train.amp)
+            metrics, detections = evaluate(bare_model, postprocessor, val_loader, val_set, device, cfg.train.amp,
+                                           cfg.train.channels_last)
             if main_process:
                 history.append({"epoch": epoch + 1, "iteration": iteration, **metrics})
                 logger.info(f"epoch {epoch + 1}: bbox AP {metrics['AP']:.4f} AP50 {metrics['AP50']:.4f}")

@@ -140,7 +140,8 @@ class TrainConfig:
     log_interval: int = 50
     seed: int = 0
     device: str = "auto"                 # auto | cpu | cuda
-    amp: bool = False
+    amp: bool = False                    # bfloat16 autocast (CPU with AMX/AVX512-BF16, GPUs)
+    channels_last: bool = False          # NHWC tensors: faster convolutions on CPUs (oneDNN) and with AMP on GPUs
     max_iters: typing.Optional[int] = None  # stop early after this many iterations (tests, smoke runs)
 
 

@@ -24,6 +24,12 @@ def learning_rate(iteration, base_lr, optim_cfg, iters_per_epoch):
     return lr
 
 
+def images_to(images, device, channels_last):
+    """Batch [B, 3, H, W] on `device`, in the memory format the model was put in (train.channels_last)."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return images.to(device, non_blocking=True, memory_format=memory_format)
+
+
 def to_device(targets, device):
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in targets.items()}
 
@@ -46,7 +52,7 @@ def train_one_epoch(model, criterion, loader, optimizer, epoch, iteration, base_
         lr = learning_rate(iteration, base_lr, cfg.optim, iters_per_epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        images, targets = images.to(device, non_blocking=True), to_device(targets, device)
+        images, targets = images_to(images, device, cfg.train.channels_last), to_device(targets, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.amp):
             outputs = model(images)
         losses = criterion(outputs, targets)
@@ -91,7 +97,7 @@ def to_coco_results(detections, image_ids, cat_ids):
 
 
 @torch.no_grad()
-def evaluate(model, postprocessor, loader, dataset, device, amp=False):
+def evaluate(model, postprocessor, loader, dataset, device, amp=False, channels_last=False):
     """Inference sharded over ranks, gathered on rank 0, COCOeval there.
 
     Returns (metrics dict or None on other ranks, COCO-format detections or None).
@@ -100,7 +106,7 @@ def evaluate(model, postprocessor, loader, dataset, device, amp=False):
     results = []
     for images, targets in tqdm(loader, desc="eval", disable=not (dist.is_main_process() and sys.stderr.isatty()),
                                 dynamic_ncols=True, leave=False):
-        images = images.to(device, non_blocking=True)
+        images = images_to(images, device, channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             outputs = model(images)
         detections = postprocessor(outputs, targets["image_sizes"].to(device), targets["scales"].to(device),

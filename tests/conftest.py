@@ -14,6 +14,14 @@ if "OMP_NUM_THREADS" not in os.environ:
     torch.set_num_threads(1)
 
 
+def missing_shared_data(message):
+    """Skip a test whose ../shared data is absent; under CI (CI=true, where ../shared is always laid beside
+    the clone) fail instead, so that a green CI run never hides unrun golden or real-data checks."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message + " (CI=true: ../shared must be there)")
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def shapes_small(tmp_path_factory):
     """Paths dict of a 24-train / 12-val shapes dataset (see data.synthetic.ensure_shapes_dataset)."""
@@ -23,12 +31,21 @@ def shapes_small(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def golden_dir():
+    """Folder of the golden reference vectors and check_golden.py: $FOCALDET_GOLDEN or <repo>/../shared/golden."""
+    root = os.environ.get("FOCALDET_GOLDEN", os.path.join(REPOSITORY, "..", "shared", "golden"))
+    if not os.path.isfile(os.path.join(root, "check_golden.py")):
+        missing_shared_data(f"golden vectors not found at {root} (set FOCALDET_GOLDEN)")
+    return os.path.abspath(root)
+
+
+@pytest.fixture(scope="session")
 def shared_datasets():
     """Folder holding coco128/ and raccoon/: $FOCALDET_SHARED_DATASETS or <repo>/../shared/datasets."""
     root = os.environ.get("FOCALDET_SHARED_DATASETS",
                           os.path.join(REPOSITORY, "..", "shared", "datasets"))
     if not os.path.isdir(root):
-        pytest.skip(f"shared datasets not found at {root} (set FOCALDET_SHARED_DATASETS)")
+        missing_shared_data(f"shared datasets not found at {root} (set FOCALDET_SHARED_DATASETS)")
     return os.path.abspath(root)
 
 
@@ -39,6 +56,6 @@ def shared_split(shared_datasets):
         image_dir = os.path.join(shared_datasets, name, "images")
         ann_file = os.path.join(shared_datasets, name, "annotations", f"instances_{split}.json")
         if not os.path.isfile(ann_file):
-            pytest.skip(f"{ann_file} not found")
+            missing_shared_data(f"{ann_file} not found")
         return image_dir, ann_file
     return locate
