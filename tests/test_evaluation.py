@@ -27,6 +27,17 @@ def test_ground_truth_gives_ap_one_on_shapes(shapes_small):
     assert "Average Precision" in lines[0] and "circle" in lines[1]
 
 
+def test_ground_truth_gives_ap_one_on_the_demo_val_split(tmp_path):
+    """The demo's 200 val images (a split depends only on seed and index, so no train images are drawn)."""
+    from data.synthetic import ensure_shapes_dataset
+    paths = ensure_shapes_dataset(str(tmp_path), num_train=0, num_val=200, seed=0)
+    coco = COCO(paths["val_ann"])
+    assert len(coco.getImgIds()) == 200 and len(coco.getAnnIds()) > 1000
+    results = coco_evaluate(coco, gt_as_detections(coco), log=lambda text: None)
+    _check_perfect(results, coco)
+    assert min(results[name] for name in ("APs", "APm", "APl")) == pytest.approx(1.0)  # every size occurs
+
+
 def test_ground_truth_gives_ap_one_on_coco128(shared_split):
     image_dir, ann_file = shared_split("coco128", "val")
     dataset = CocoDetection(image_dir, ann_file)

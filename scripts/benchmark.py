@@ -1,0 +1,126 @@
+"""Speed and memory of a config: training steps (model + criterion + optimizer) and inference (model + NMS).
+
+    python scripts/benchmark.py --config shapes_gfl_r18.yaml                      # CPU, the demo's settings
+    python scripts/benchmark.py --config shapes_gfl_r18.yaml train.channels_last=false train.amp=false
+    python scripts/benchmark.py --config gfl_r50.yaml --height 800 --width 1216 --batch-size 2   # on a GPU
+
+Inputs are random images of the given size with random ground-truth boxes (no dataset needed), so the
+numbers measure the detector, not the data loader. Prints one table row per phase: milliseconds per
+iteration (median over --iters after --warmup), images per second and peak memory (CUDA: allocated by
+torch in that phase; CPU: the process's peak resident set size so far). The model is untrained, so few
+candidates pass the score threshold and inference times hold little NMS work.
+"""
+import argparse
+import os
+import resource
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from detector import build_criterion, build_model, build_postprocessor  # noqa: E402
+from detector.config import load_config  # noqa: E402
+
+
+def random_batch(batch_size, height, width, num_classes, boxes_per_image, generator):
+    """Images [B, 3, H, W] and collate-style targets with boxes of 10..min(H, W)/2 px."""
+    images = torch.randn(batch_size, 3, height, width, generator=generator)
+    sizes = 10 + torch.rand(batch_size, boxes_per_image, 2, generator=generator) * (min(height, width) / 2 - 10)
+    corners = torch.rand(batch_size, boxes_per_image, 2, generator=generator) * (
+        torch.tensor([width, height]) - sizes)
+    targets = {
+        "boxes": torch.cat([corners, corners + sizes], dim=-1),                      # [B, M, 4]
+        "labels": torch.randint(num_classes, (batch_size, boxes_per_image), generator=generator),
+        "valid": torch.ones(batch_size, boxes_per_image, dtype=torch.bool),
+        "crowd": torch.zeros(batch_size, boxes_per_image, dtype=torch.bool),
+        "image_sizes": torch.tensor([[height, width]] * batch_size),
+        "scales": torch.ones(batch_size),
+        "orig_sizes": torch.tensor([[height, width]] * batch_size),
+    }
+    return images, targets
+
+
+def timed(function, device, warmup, iters):
+    """Median seconds of function() over iters calls, after warmup calls."""
+    times = []
+    for step in range(warmup + iters):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        function()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if step >= warmup:
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def peak_memory_mib(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--batch-size", type=int, help="default: data.batch_size")
+    parser.add_argument("--height", type=int, help="default: data.train_short_sides[0]")
+    parser.add_argument("--width", type=int, help="default: data.max_size")
+    parser.add_argument("--num-classes", type=int, default=80)
+    parser.add_argument("--boxes-per-image", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value config overrides")
+    args = parser.parse_args()
+
+    cfg = load_config(args.config, args.overrides + ["model.backbone.pretrained=null"])
+    use_cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if use_cuda else "cpu")
+    batch_size = args.batch_size or cfg.data.batch_size
+    height = args.height or max(cfg.data.train_short_sides)
+    width = args.width or cfg.data.max_size
+    height, width = (-(-side // cfg.data.size_divisor) * cfg.data.size_divisor for side in (height, width))
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    model = build_model(cfg.model, args.num_classes).to(device, memory_format=memory_format)
+    criterion = build_criterion(cfg.model, args.num_classes).to(device)
+    postprocessor = build_postprocessor(cfg.model)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+    generator = torch.Generator().manual_seed(0)
+    images, targets = random_batch(batch_size, height, width, args.num_classes, args.boxes_per_image, generator)
+    images = images.to(device, memory_format=memory_format)
+    targets = {key: value.to(device) for key, value in targets.items()}
+    autocast = {"device_type": device.type, "dtype": torch.bfloat16, "enabled": cfg.train.amp}
+
+    def train_step():
+        with torch.autocast(**autocast):
+            outputs = model(images)
+        losses = criterion(outputs, targets)
+        loss = sum(value for key, value in losses.items() if key.startswith("loss_"))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    @torch.no_grad()
+    def inference_step():
+        with torch.autocast(**autocast):
+            outputs = model(images)
+        postprocessor(outputs, targets["image_sizes"], targets["scales"], targets["orig_sizes"])
+
+    print(f"{cfg.name}: {cfg.model.head.type} R{cfg.model.backbone.depth}, batch {batch_size} x {height}x{width}, "
+          f"{device}, {torch.get_num_threads()} threads, amp {cfg.train.amp}, channels_last {cfg.train.channels_last}")
+    print(f"{'phase':<10} {'ms/iter':>9} {'images/s':>9} {'peak MiB':>9}")
+    for name, function, mode in (("train", train_step, True), ("inference", inference_step, False)):
+        model.train(mode)
+        criterion.train(mode)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        seconds = timed(function, device, args.warmup, args.iters)
+        print(f"{name:<10} {seconds * 1000:>9.1f} {batch_size / seconds:>9.1f} {peak_memory_mib(device):>9.0f}")
+
+
+if __name__ == "__main__":
+    main()
