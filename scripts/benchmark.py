@@ -5,10 +5,11 @@
     python scripts/benchmark.py --config gfl_r50.yaml --height 800 --width 1216 --batch-size 2   # on a GPU
 
 Inputs are random images of the given size with random ground-truth boxes (no dataset needed), so the
-numbers measure the detector, not the data loader. Prints one table row per phase: milliseconds per
-iteration (median over --iters after --warmup), images per second and peak memory (CUDA: allocated by
-torch in that phase; CPU: the process's peak resident set size so far). The model is untrained, so few
-candidates pass the score threshold and inference times hold little NMS work.
+numbers measure the detector, not the data loader; the optimizer step is plain SGD whatever optim.type
+says (AdamW's step costs a few ms more per iteration on the demo's 11.6M parameters). Prints one table
+row per phase: milliseconds per iteration (median over --iters after --warmup), images per second and
+peak memory (CUDA: allocated by torch in that phase; CPU: the process's peak resident set size so far).
+The model is untrained, so few candidates pass the score threshold and inference holds little NMS work.
 """
 import argparse
 import os
