@@ -20,6 +20,7 @@ from detector.checkpoint import load_checkpoint, load_state
 from detector.config import config_from_dict, load_config, merge_dicts, parse_overrides
 from detector.engine import evaluate
 from detector.errors import run_cli
+from detector.precision import choose_precision
 
 logger = logging.getLogger("focaldet")
 
@@ -30,7 +31,7 @@ def main():
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--out-dir", help="where metrics.json and detections.json go (default: <work dir>/eval)")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value config overrides")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
 
     checkpoint = load_checkpoint(args.checkpoint)
     if args.config:
@@ -52,7 +53,9 @@ def main():
         check_categories(dataset, checkpoint["classes"]["cat_ids"], checkpoint["classes"]["class_names"],
                          f"checkpoint {args.checkpoint}")
     load_state(model, checkpoint["model"], args.checkpoint)
-    metrics, detections = evaluate(model, build_postprocessor(cfg.model), loader, dataset, device, cfg.train.amp,
+    precision = choose_precision(cfg.train.amp, device)
+    logger.info(f"precision {precision.name}: {precision.reason}")
+    metrics, detections = evaluate(model, build_postprocessor(cfg.model), loader, dataset, device, precision,
                                    cfg.train.channels_last)
     if rank == 0:
         out_dir = args.out_dir or os.path.join(cfg.work_dir or os.path.join("work_dirs", cfg.name), "eval")

@@ -26,7 +26,7 @@ def build_dataset(data_cfg, train):
     train_images, train_ann, val_images, val_ann = dataset_paths(data_cfg)
     if train:
         transforms = build_transforms(True, data_cfg.train_short_sides, data_cfg.max_size,
-                                      data_cfg.short_side_mode, data_cfg.flip_prob)
+                                      data_cfg.short_side_mode, data_cfg.flip_prob, data_cfg.train_crop)
         dataset = CocoDetection(train_images, train_ann, transforms,
                                 remove_images_without_annotations=data_cfg.remove_images_without_annotations)
     else:

@@ -53,14 +53,17 @@ class GroupedBatchSampler(torch.utils.data.Sampler):
         self.num_replicas = int(num_replicas)
         self.rank = int(rank)
         self.epoch = 0
+        self.start_batch = 0
         group_sizes = {}
         for group in self.group_ids:
             group_sizes[group] = group_sizes.get(group, 0) + 1
         self.total_batches = sum(math.ceil(size / self.batch_size) for size in group_sizes.values())
 
-    def set_epoch(self, epoch):
-        """Choose the epoch whose permutation the next iteration uses."""
+    def set_epoch(self, epoch, start_batch=0):
+        """Choose the epoch whose permutation the next iteration uses, and skip this rank's first
+        `start_batch` batches of it (resuming a checkpoint saved mid-epoch)."""
         self.epoch = int(epoch)
+        self.start_batch = int(start_batch)
 
     def all_batches(self):
         """Every batch of this epoch over all ranks, in dealing order (before sharding/padding)."""
@@ -84,10 +87,10 @@ class GroupedBatchSampler(torch.utils.data.Sampler):
         batches = self.all_batches()
         padding = len(self) * self.num_replicas - len(batches)
         batches = batches + (batches * (1 + padding // max(len(batches), 1)))[:padding]
-        return iter(batches[self.rank::self.num_replicas])
+        return iter(batches[self.rank::self.num_replicas][self.start_batch:])
 
     def __len__(self):
-        """Batches per rank per epoch (the same on every rank and every epoch)."""
+        """Batches per rank per full epoch (the same on every rank and every epoch, whatever start_batch)."""
         return math.ceil(self.total_batches / self.num_replicas)
 
 

@@ -95,6 +95,63 @@ class RandomHorizontalFlip:
         return f"RandomHorizontalFlip(p={self.p})"
 
 
+class RandomCrop:
+    """Cut a random window of at most (height, width) pixels out of the (resized) image.
+
+    Objects keep their scale, so a detector can be trained on less image area per step without
+    shrinking small objects (the embedded demo's CPU budget; SSD and YOLO crop likewise). The window's
+    corner is uniform over the positions where it fits; a side shorter than the window is kept whole.
+    Boxes are shifted and clipped to the window; a box left under 1 px wide or high (outside the
+    window, or a sliver on its border) is dropped with its label, the data rule of loading. Up to
+    `attempts` windows are drawn to find one that keeps a non-crowd box (the first is kept if none
+    does, and trains as an image without objects).
+    """
+
+    def __init__(self, height, width, attempts=10):
+        self.height, self.width, self.attempts = int(height), int(width), int(attempts)
+
+    def _window(self, width, height):
+        crop_w, crop_h = min(self.width, width), min(self.height, height)
+        left = int(torch.randint(width - crop_w + 1, ()).item())
+        top = int(torch.randint(height - crop_h + 1, ()).item())
+        return left, top, crop_w, crop_h
+
+    def _keep(self, boxes, window):
+        left, top, crop_w, crop_h = window
+        shifted = boxes - torch.tensor([left, top, left, top], dtype=boxes.dtype)
+        shifted[:, 0::2] = shifted[:, 0::2].clamp(0, crop_w)
+        shifted[:, 1::2] = shifted[:, 1::2].clamp(0, crop_h)
+        keep = ((shifted[:, 2] - shifted[:, 0]) >= 1) & ((shifted[:, 3] - shifted[:, 1]) >= 1)
+        return shifted, keep
+
+    def __call__(self, image, target):
+        width, height = image.size
+        if width <= self.width and height <= self.height:
+            return image, target
+        boxes, crowd = target["boxes"], target.get("crowd")
+        for attempt in range(self.attempts):
+            window = self._window(width, height)
+            shifted, keep = self._keep(boxes, window)
+            if attempt == 0:
+                first = (window, shifted, keep)
+            if (keep & ~crowd).any() if crowd is not None else keep.any():
+                break
+        else:
+            window, shifted, keep = first
+        left, top, crop_w, crop_h = window
+        image = image.crop((left, top, left + crop_w, top + crop_h))
+        target = dict(target)
+        for key in ("labels", "crowd"):
+            if key in target:
+                target[key] = target[key][keep]
+        target["boxes"] = shifted[keep]
+        target["size"] = (crop_h, crop_w)
+        return image, target
+
+    def __repr__(self):
+        return f"RandomCrop(height={self.height}, width={self.width})"
+
+
 class Normalize:
     """PIL RGB image (0..255) -> float tensor [3, H, W] = (pixel - mean) / std; target unchanged."""
 
@@ -111,13 +168,14 @@ class Normalize:
         return f"Normalize(mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"
 
 
-def build_transforms(train, short_sides, max_size, mode="choice", flip_prob=0.5):
-    """Training: Resize(short_sides, mode) + RandomHorizontalFlip(flip_prob) + Normalize.
+def build_transforms(train, short_sides, max_size, mode="choice", flip_prob=0.5, crop=None):
+    """Training: Resize(short_sides, mode) [+ RandomCrop(*crop)] + RandomHorizontalFlip(flip_prob) + Normalize.
     Testing: Resize to the largest of short_sides (single scale) + Normalize.
     """
     if isinstance(short_sides, int):
         short_sides = [short_sides]
     if train:
-        return Compose([Resize(short_sides, max_size, mode), RandomHorizontalFlip(flip_prob),
+        crops = [RandomCrop(*crop)] if crop else []
+        return Compose([Resize(short_sides, max_size, mode), *crops, RandomHorizontalFlip(flip_prob),
                         Normalize()])
     return Compose([Resize([max(short_sides)], max_size), Normalize()])

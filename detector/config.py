@@ -111,6 +111,7 @@ class DataConfig:
     max_size: int = 1333
     test_short_side: int = 800
     flip_prob: float = 0.5
+    train_crop: typing.Optional[typing.List[int]] = None  # [height, width]: random crop after the resize (train)
     remove_images_without_annotations: bool = True
     batch_size: int = 2                  # per process; total = batch_size x world size
     workers: int = 2
@@ -127,7 +128,9 @@ class OptimConfig:
     weight_decay: float = 1e-4
     warmup_iters: int = 500
     warmup_ratio: float = 0.001          # warmup starts at warmup_ratio x lr
-    milestones: typing.List[int] = field(default_factory=lambda: [8, 11])  # epochs where lr x gamma
+    schedule: str = "step"               # step (reference): x gamma at milestones | cosine: to min_lr_ratio x lr
+    milestones: typing.List[int] = field(default_factory=lambda: [8, 11])  # epochs where lr x gamma (step)
+    min_lr_ratio: float = 0.01           # cosine: the last iteration's lr / lr
     gamma: float = 0.1
     grad_clip: typing.Optional[float] = None  # max L2 norm of all gradients; null disables
 
@@ -137,10 +140,11 @@ class TrainConfig:
     epochs: int = 12
     eval_interval: int = 12              # evaluate every N epochs (and always at the end)
     checkpoint_interval: int = 1         # keep epoch_N.pth every N epochs (last.pth always)
+    save_optimizer: str = "last"         # last: only last.pth keeps optimizer state (resume); all: epoch_N.pth too
     log_interval: int = 50
     seed: int = 0
     device: str = "auto"                 # auto | cpu | cuda
-    amp: bool = False                    # bfloat16 autocast (CPU with AMX/AVX512-BF16, GPUs)
+    amp: typing.Union[str, bool] = "auto"  # auto | bf16 | fp16 | off (detector/precision.py); true = auto, false = off
     channels_last: bool = False          # NHWC tensors: faster convolutions on CPUs (oneDNN) and with AMP on GPUs
     max_iters: typing.Optional[int] = None  # stop early after this many iterations (tests, smoke runs)
 
@@ -315,7 +319,10 @@ CHOICES = {
     "data.dataset": ("coco", "shapes"),
     "data.short_side_mode": ("choice", "range"),
     "optim.type": ("sgd", "adamw"),
+    "optim.schedule": ("step", "cosine"),
     "train.device": ("auto", "cpu", "cuda"),
+    "train.amp": ("auto", "bf16", "fp16", "off"),
+    "train.save_optimizer": ("last", "all"),
 }
 MINIMUM = {
     "model.backbone.frozen_stages": -1, "model.fpn.out_channels": 1, "model.head.stacked_convs": 0,
@@ -336,6 +343,8 @@ def _get(cfg, dotted):
 
 def validate(cfg):
     """Check choices, bounds and cross-field rules; the first problem is a ConfigError naming the key."""
+    if isinstance(cfg.train.amp, bool):  # YAML reads `off` as false; earlier configs said true / false
+        cfg.train.amp = "auto" if cfg.train.amp else "off"
     for key, choices in CHOICES.items():
         if _get(cfg, key) not in choices:
             raise ConfigError(f"config key '{key}' must be one of {list(choices)}, got {_get(cfg, key)!r}")
@@ -351,6 +360,9 @@ def validate(cfg):
     sides = cfg.data.train_short_sides
     if not sides or min(sides) < 1:
         raise ConfigError(f"config key 'data.train_short_sides' needs at least one positive size, got {sides}")
+    crop = cfg.data.train_crop
+    if crop is not None and (len(crop) != 2 or min(crop) < 1):
+        raise ConfigError(f"config key 'data.train_crop' needs [height, width] > 0 (or null), got {crop}")
     if not 0 <= cfg.data.flip_prob <= 1:
         raise ConfigError(f"config key 'data.flip_prob' must be in [0, 1], got {cfg.data.flip_prob}")
     if len(cfg.optim.betas) != 2:

@@ -1,4 +1,5 @@
 """The training epoch, the learning-rate schedule and evaluation, shared by train.py and eval.py."""
+import contextlib
 import datetime
 import logging
 import math
@@ -15,10 +16,20 @@ from . import dist
 logger = logging.getLogger("focaldet")
 
 
-def learning_rate(iteration, base_lr, optim_cfg, iters_per_epoch):
-    """Linear warmup from warmup_ratio x lr over warmup_iters, then x gamma at each milestone epoch."""
-    decays = sum(iteration >= milestone * iters_per_epoch for milestone in optim_cfg.milestones)
-    lr = base_lr * optim_cfg.gamma ** decays
+def learning_rate(iteration, base_lr, optim_cfg, iters_per_epoch, epochs):
+    """Linear warmup from warmup_ratio x lr over warmup_iters, then the optim.schedule:
+
+    step (reference): x gamma at each milestone epoch;
+    cosine: lr x (r + (1 - r) (1 + cos(pi t / T)) / 2) over T = epochs x iters_per_epoch iterations,
+    r = optim.min_lr_ratio (mmdetection's CosineAnnealingLR by iteration).
+    """
+    if optim_cfg.schedule == "cosine":
+        progress = min(iteration / (epochs * iters_per_epoch), 1.0)
+        ratio = optim_cfg.min_lr_ratio
+        lr = base_lr * (ratio + (1 - ratio) * (1 + math.cos(math.pi * progress)) / 2)
+    else:
+        decays = sum(iteration >= milestone * iters_per_epoch for milestone in optim_cfg.milestones)
+        lr = base_lr * optim_cfg.gamma ** decays
     if iteration < optim_cfg.warmup_iters:
         lr *= optim_cfg.warmup_ratio + (1 - optim_cfg.warmup_ratio) * iteration / optim_cfg.warmup_iters
     return lr
@@ -34,9 +45,13 @@ def to_device(targets, device):
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in targets.items()}
 
 
-def train_one_epoch(model, criterion, loader, optimizer, epoch, iteration, base_lr, cfg, device,
-                    writer=None, max_iters=None):
-    """One pass over `loader`; returns the global iteration count after it. Rank 0 logs and shows a bar."""
+def train_one_epoch(model, criterion, loader, optimizer, epoch, iteration, base_lr, cfg, device, precision,
+                    scaler, writer=None, max_iters=None, stop=None):
+    """One pass over `loader`; returns the global iteration count after it. Rank 0 logs and shows a bar.
+
+    precision: detector.precision.Precision (autocast of the model's forward); scaler: its GradScaler
+    (a no-op unless fp16). stop: optional callable checked after every step; True ends the epoch early.
+    """
     model.train()
     criterion.train()
     iters_per_epoch = len(loader)
@@ -49,11 +64,11 @@ def train_one_epoch(model, criterion, loader, optimizer, epoch, iteration, base_
     for images, targets in bar:
         if max_iters is not None and iteration >= max_iters:
             break
-        lr = learning_rate(iteration, base_lr, cfg.optim, iters_per_epoch)
+        lr = learning_rate(iteration, base_lr, cfg.optim, iters_per_epoch, cfg.train.epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
         images, targets = images_to(images, device, cfg.train.channels_last), to_device(targets, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.amp):
+        with precision.autocast(device):
             outputs = model(images)
         losses = criterion(outputs, targets)
         loss = sum(value for key, value in losses.items() if key.startswith("loss_"))
@@ -62,10 +77,12 @@ def train_one_epoch(model, criterion, loader, optimizer, epoch, iteration, base_
                                      + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
                                      + "; training diverged: lower optim.lr or set optim.grad_clip")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         if cfg.optim.grad_clip is not None:
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.optim.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         iteration += 1
         if iteration % cfg.train.log_interval == 0 or iteration == 1:
             values = {k: dist.reduce_mean(v.detach()).item() for k, v in losses.items()}
@@ -80,6 +97,8 @@ def train_one_epoch(model, criterion, loader, optimizer, epoch, iteration, base_
                     for key, value in values.items():
                         writer.add_scalar(f"train/{key}", value, iteration)
                     writer.add_scalar("train/lr", lr, iteration)
+        if stop is not None and stop():
+            break
     bar.close()
     return iteration
 
@@ -97,9 +116,10 @@ def to_coco_results(detections, image_ids, cat_ids):
 
 
 @torch.no_grad()
-def evaluate(model, postprocessor, loader, dataset, device, amp=False, channels_last=False):
+def evaluate(model, postprocessor, loader, dataset, device, precision=None, channels_last=False):
     """Inference sharded over ranks, gathered on rank 0, COCOeval there.
 
+    precision: detector.precision.Precision of the forward pass (None: fp32).
     Returns (metrics dict or None on other ranks, COCO-format detections or None).
     """
     model.eval()
@@ -107,7 +127,7 @@ def evaluate(model, postprocessor, loader, dataset, device, amp=False, channels_
     for images, targets in tqdm(loader, desc="eval", disable=not (dist.is_main_process() and sys.stderr.isatty()),
                                 dynamic_ncols=True, leave=False):
         images = images_to(images, device, channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with precision.autocast(device) if precision is not None else contextlib.nullcontext():
             outputs = model(images)
         detections = postprocessor(outputs, targets["image_sizes"].to(device), targets["scales"].to(device),
                                    targets["orig_sizes"].to(device))

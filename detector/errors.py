@@ -16,6 +16,7 @@ USER_ERRORS = (ConfigError, DatasetError, CheckpointError, PretrainedWeightsErro
 def run_cli(main):
     """Run `main()`; a user error prints 'error: <message>' on one line and exits with status 2.
 
+    Ctrl-C before training starts (or in eval.py) exits with status 130 and one line.
     Set FOCALDET_DEBUG=1 to get the full traceback instead.
     """
     try:
@@ -25,6 +26,11 @@ def run_cli(main):
             raise
         print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C outside training's own handler (detector/interrupt.py): nothing to save
+        if os.environ.get("FOCALDET_DEBUG"):
+            raise
+        print("interrupted before training started: nothing was saved", file=sys.stderr)
+        sys.exit(130)
 
 
 def one_line(error):

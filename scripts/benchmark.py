@@ -1,14 +1,18 @@
 """Speed and memory of a config: training steps (model + criterion + optimizer) and inference (model + NMS).
 
     python scripts/benchmark.py --config shapes_gfl_r18.yaml                      # CPU, the demo's settings
-    python scripts/benchmark.py --config shapes_gfl_r18.yaml train.channels_last=false train.amp=false
+    python scripts/benchmark.py --config shapes_gfl_r18.yaml train.channels_last=false train.amp=off
     python scripts/benchmark.py --config gfl_r50.yaml --height 800 --width 1216 --batch-size 2   # on a GPU
 
 Inputs are random images of the given size with random ground-truth boxes (no dataset needed), so the
 numbers measure the detector, not the data loader; the optimizer step is plain SGD whatever optim.type
 says (AdamW's step costs a few ms more per iteration on the demo's 11.6M parameters). Prints one table
-row per phase: milliseconds per iteration (median over --iters after --warmup), images per second and
-peak memory (CUDA: allocated by torch in that phase; CPU: the process's peak resident set size so far).
+row per phase: milliseconds per iteration (median over --iters after --warmup), images per second,
+peak memory (CUDA: allocated by torch in that phase; CPU: the process's peak resident set size so far),
+and beside every figure the machine it came from: precision (train.amp as resolved by
+detector/precision.py), the CPU's instruction-set capability (ATen's; ATEN_CPU_CAPABILITY=avx2
+ONEDNN_MAX_CPU_ISA=AVX2 emulates an AVX2-only CPU), a matmul probe in that precision right after the
+phase (GFLOP/s: shared machines change speed minute to minute) and the CPU or GPU model.
 The model is untrained, so few candidates pass the score threshold and inference holds little NMS work.
 """
 import argparse
@@ -24,6 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detector import build_criterion, build_model, build_postprocessor  # noqa: E402
 from detector.config import load_config  # noqa: E402
+from detector.cpu import cpu_capability, cpu_model, keep_freed_memory, matmul_gflops  # noqa: E402
+from detector.precision import choose_precision  # noqa: E402
 
 
 def random_batch(batch_size, height, width, num_classes, boxes_per_image, generator):
@@ -65,6 +71,24 @@ def peak_memory_mib(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def machine_facts(device):
+    """(model name, instruction-set capability) of the CPU, or of the GPU (name, 'sm_XY')."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return torch.cuda.get_device_name(device), f"sm_{major}{minor}"
+    return cpu_model(), cpu_capability()
+
+
+def matmul_probe(device, precision):
+    """GFLOP/s of a matmul in the run's precision: 1024^2 on the CPU, 8192^2 on a GPU."""
+    if device.type != "cuda":
+        return matmul_gflops(precision)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    a = torch.randn(8192, 8192, device=device, dtype=dtype)
+    seconds = timed(lambda: a @ a, device, 2, 5)
+    return 2 * 8192**3 / seconds / 1e9
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
@@ -81,6 +105,9 @@ def main():
     cfg = load_config(args.config, args.overrides + ["model.backbone.pretrained=null"])
     use_cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
+    if not use_cuda:
+        keep_freed_memory()  # as train.py does on the CPU
+    precision = choose_precision(cfg.train.amp, device)
     batch_size = args.batch_size or cfg.data.batch_size
     height = args.height or max(cfg.data.train_short_sides)
     width = args.width or cfg.data.max_size
@@ -94,33 +121,39 @@ def main():
     images, targets = random_batch(batch_size, height, width, args.num_classes, args.boxes_per_image, generator)
     images = images.to(device, memory_format=memory_format)
     targets = {key: value.to(device) for key, value in targets.items()}
-    autocast = {"device_type": device.type, "dtype": torch.bfloat16, "enabled": cfg.train.amp}
+    scaler = precision.grad_scaler(device)
 
     def train_step():
-        with torch.autocast(**autocast):
+        with precision.autocast(device):
             outputs = model(images)
         losses = criterion(outputs, targets)
         loss = sum(value for key, value in losses.items() if key.startswith("loss_"))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
     @torch.no_grad()
     def inference_step():
-        with torch.autocast(**autocast):
+        with precision.autocast(device):
             outputs = model(images)
         postprocessor(outputs, targets["image_sizes"], targets["scales"], targets["orig_sizes"])
 
+    machine, capability = machine_facts(device)
     print(f"{cfg.name}: {cfg.model.head.type} R{cfg.model.backbone.depth}, batch {batch_size} x {height}x{width}, "
-          f"{device}, {torch.get_num_threads()} threads, amp {cfg.train.amp}, channels_last {cfg.train.channels_last}")
-    print(f"{'phase':<10} {'ms/iter':>9} {'images/s':>9} {'peak MiB':>9}")
+          f"{device}, {torch.get_num_threads()} threads, channels_last {cfg.train.channels_last}")
+    print(f"machine: {machine}, capability {capability}; precision {precision.name} ({precision.reason})")
+    print(f"{'phase':<10} {'ms/iter':>9} {'images/s':>9} {'peak MiB':>9} {'precision':>9} {'capability':>12} "
+          f"{'probe GFLOP/s':>13}  machine")
     for name, function, mode in (("train", train_step, True), ("inference", inference_step, False)):
         model.train(mode)
         criterion.train(mode)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         seconds = timed(function, device, args.warmup, args.iters)
-        print(f"{name:<10} {seconds * 1000:>9.1f} {batch_size / seconds:>9.1f} {peak_memory_mib(device):>9.0f}")
+        probe = matmul_probe(device, precision.name)  # right after the phase: the machine's speed at that moment
+        print(f"{name:<10} {seconds * 1000:>9.1f} {batch_size / seconds:>9.1f} {peak_memory_mib(device):>9.0f} "
+              f"{precision.name:>9} {capability:>12} {probe:>13.0f}  {machine}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Shared pytest fixtures: a small generated shapes dataset and the shared real datasets."""
+import logging
 import os
 import sys
 
@@ -59,3 +60,40 @@ def shared_split(shared_datasets):
             missing_shared_data(f"{ann_file} not found")
         return image_dir, ann_file
     return locate
+
+
+@pytest.fixture(scope="session")
+def trained(shapes_small, tmp_path_factory):
+    """One 4-iteration training run: (work dir, overrides, completed process). Tests must not change it."""
+    from cli_tools import TINY, check_ok, data_overrides, run_tool
+    work_dir = str(tmp_path_factory.mktemp("run") / "gfl")
+    overrides = data_overrides(shapes_small) + TINY
+    result = check_ok(run_tool(["train.py", "--config", "shapes_gfl_r18.yaml", *overrides, "train.epochs=1",
+                                "train.max_iters=4", "--work-dir", work_dir]))
+    return work_dir, overrides, result
+
+
+@pytest.fixture
+def run_main_in_process(monkeypatch, capsys):
+    """Run train.py's or eval.py's main under run_cli in this process (no torch import per case):
+    returns (exit code, stderr). Logging handlers that train.py adds to the root logger are removed."""
+    import eval as eval_tool
+    import train as train_tool
+    from detector.errors import run_cli
+    monkeypatch.delenv("FOCALDET_DEBUG", raising=False)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+
+    def run(script, args):
+        monkeypatch.setattr(sys, "argv", [script] + args)
+        capsys.readouterr()
+        try:
+            with pytest.raises(SystemExit) as exit_info:
+                run_cli({"train.py": train_tool, "eval.py": eval_tool}[script].main)
+        finally:
+            for handler in set(root.handlers) - set(handlers):
+                root.removeHandler(handler)
+                handler.close()
+            root.setLevel(level)
+        return exit_info.value.code, capsys.readouterr().err
+    return run

@@ -35,8 +35,14 @@ def test_benchmark_prints_train_and_inference_rows():
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert "batch 2 x 64x96" in result.stdout and "channels_last True" in result.stdout
+    capability = torch.backends.cpu.get_cpu_capability()  # this process has the subprocess's environment
+    expected_precision = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
     for phase in ("train", "inference"):
-        row = re.search(rf"^{phase}\s+([\d.]+)\s+([\d.]+)\s+(\d+)$", result.stdout, re.MULTILINE)
+        # every figure comes with the machine it came from: precision, ISA capability, matmul probe, CPU model
+        row = re.search(rf"^{phase}\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+(\w+)\s+(\w+)\s+(\d+)\s+(.+)$", result.stdout,
+                        re.MULTILINE)
         assert row, result.stdout
-        milliseconds, images_per_second, _ = (float(value) for value in row.groups())
+        milliseconds, images_per_second = float(row.group(1)), float(row.group(2))
         assert milliseconds > 0 and abs(images_per_second - 2 / (milliseconds / 1000)) < 0.1 * images_per_second
+        assert (row.group(4), row.group(5)) == (expected_precision, capability)
+        assert float(row.group(6)) > 0 and row.group(7).strip()

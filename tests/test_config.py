@@ -101,12 +101,12 @@ def test_missing_config_file_is_a_config_error():
 
 def test_overrides_are_parsed_as_yaml_and_typed():
     cfg = load_config("gfl_r50.yaml", ["optim.lr=0.02", "data.train_short_sides=[640,800]", "optim.momentum=1",
-                                       "model.backbone.pretrained=null", "train.amp=true", "optim.grad_clip=35",
+                                       "model.backbone.pretrained=null", "train.amp=false", "optim.grad_clip=35",
                                        "model.loss_box.type=focal_eiou", "model.head.reg_max=8"])
     assert cfg.optim.lr == 0.02 and type(cfg.optim.lr) is float
     assert cfg.data.train_short_sides == [640, 800]
     assert cfg.optim.momentum == 1.0 and type(cfg.optim.momentum) is float   # int accepted for a float field
-    assert cfg.model.backbone.pretrained is None and cfg.train.amp is True
+    assert cfg.model.backbone.pretrained is None and cfg.train.amp == "off"
     assert cfg.optim.grad_clip == 35.0 and cfg.model.loss_box.type == "focal_eiou" and cfg.model.head.reg_max == 8
     # Overrides apply after the file: the untouched keys keep the file's values.
     assert cfg.model.loss_box.weight == 2.0 and cfg.model.head.type == "gfl"

@@ -3,6 +3,7 @@ import json
 import logging
 import os
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -221,3 +222,68 @@ def test_test_shards_cover_every_index_once():
     for num_items in (0, 1, 7, 12):
         shards = [list(ShardSampler(num_items, num_replicas=2, rank=rank)) for rank in range(2)]
         assert sorted(shards[0] + shards[1]) == list(range(num_items))
+
+
+def crop_target():
+    boxes = torch.tensor([[10.0, 10, 30, 30], [45, 5, 70, 20], [80, 60, 95, 75]])
+    return {"boxes": boxes, "labels": torch.tensor([0, 1, 2]), "crowd": torch.tensor([False, False, True]),
+            "size": (80, 100), "scale": 0.5}
+
+
+def gradient_image(width=100, height=80):
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    pixels[..., 0] = np.arange(width, dtype=np.uint8)[None, :]
+    pixels[..., 1] = np.arange(height, dtype=np.uint8)[:, None]
+    return Image.fromarray(pixels)
+
+
+def test_random_crop_shifts_clips_and_drops_boxes(monkeypatch):
+    from data.transforms import RandomCrop
+    crop = RandomCrop(40, 50)
+    monkeypatch.setattr(crop, "_window", lambda width, height: (20, 0, 50, 40))  # left 20, top 0, 50 x 40
+    image, target = crop(gradient_image(), crop_target())
+    assert image.size == (50, 40) and target["size"] == (40, 50) and target["scale"] == 0.5
+    pixels = np.asarray(image)
+    assert pixels[0, 0, 0] == 20 and pixels[0, 49, 0] == 69 and pixels[39, 0, 1] == 39   # the window's pixels
+    # [10,10,30,30] -> [-10,10,10,30] clipped to [0,10,10,30]; [45,5,70,20] -> [25,5,50,20];
+    # [80,60,95,75] -> [60,60,75,75], outside the 50 x 40 window: dropped with its label and crowd flag
+    assert target["boxes"].tolist() == [[0, 10, 10, 30], [25, 5, 50, 20]]
+    assert target["labels"].tolist() == [0, 1] and target["crowd"].tolist() == [False, False]
+
+
+def test_random_crop_redraws_a_window_without_objects(monkeypatch):
+    from data.transforms import RandomCrop
+    crop = RandomCrop(10, 10)
+    windows = iter([(0, 60, 10, 10), (75, 55, 10, 10), (12, 12, 10, 10)])  # empty, crowd only, object
+    monkeypatch.setattr(crop, "_window", lambda width, height: next(windows))
+    image, target = crop(gradient_image(), crop_target())
+    assert np.asarray(image)[0, 0, 0] == 12
+    assert target["boxes"].tolist() == [[0, 0, 10, 10]] and target["labels"].tolist() == [0]
+
+
+def test_random_crop_keeps_a_small_image_whole():
+    from data.transforms import RandomCrop
+    image, target = RandomCrop(200, 200)(gradient_image(), crop_target())
+    assert image.size == (100, 80) and torch.equal(target["boxes"], crop_target()["boxes"])
+
+
+def test_random_crop_windows_are_uniform_and_inside():
+    from data.transforms import RandomCrop
+    torch.manual_seed(0)
+    crop = RandomCrop(40, 50)
+    lefts = [crop._window(100, 80)[0] for _ in range(2000)]
+    assert min(lefts) == 0 and max(lefts) == 50             # every corner from 0 to 100 - 50
+    assert abs(np.mean(lefts) - 25) < 1.5
+
+
+def test_a_resumed_epoch_skips_the_batches_already_trained():
+    # 10 landscape items, batch 2, no shuffle: batches [0,1] [2,3] [4,5] [6,7] [8,9]
+    sampler = GroupedBatchSampler([1] * 10, batch_size=2, shuffle=False)
+    sampler.set_epoch(0, start_batch=3)
+    assert list(sampler) == [[6, 7], [8, 9]] and len(sampler) == 5   # len: the full epoch (lr schedule)
+    # rank 1 of 2 is dealt batches 1 and 3, then batch 0 again to even the ranks: [2,3] [6,7] [0,1]
+    sampler = GroupedBatchSampler([1] * 10, batch_size=2, shuffle=False, num_replicas=2, rank=1)
+    sampler.set_epoch(0, start_batch=1)
+    assert list(sampler) == [[6, 7], [0, 1]]
+    sampler.set_epoch(1)
+    assert list(sampler) == [[2, 3], [6, 7], [0, 1]]

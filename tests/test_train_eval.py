@@ -15,43 +15,8 @@ import torch
 from detector.config import load_config
 from detector.engine import learning_rate
 
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**{k: v for k, v in os.environ.items() if k != "FOCALDET_DEBUG"}, "OMP_NUM_THREADS": "1"}
-# Tiny GFL: 128 px training, 32-channel FPN and head. Evaluation at 160 px: with 32 channels GroupNorm(32)
-# has one channel per group, and a 1 x 1 P7 map (inputs up to 128 px) leaves it one value per group.
-TINY = ["data.train_short_sides=[128]", "data.test_short_side=160", "data.max_size=224", "data.batch_size=2",
-        "data.workers=0", "model.fpn.out_channels=32", "model.head.feat_channels=32", "model.head.stacked_convs=1",
-        "model.test.score_thr=0.001", "train.log_interval=1"]   # the low threshold keeps detections after 4 steps
-
-
-def data_overrides(paths):
-    return ["data.dataset=coco", f"data.train_images={paths['train_images']}", f"data.train_ann={paths['train_ann']}",
-            f"data.val_images={paths['val_images']}", f"data.val_ann={paths['val_ann']}"]
-
-
-def run_tool(args, timeout=240):
-    return subprocess.run([sys.executable] + args, cwd=REPOSITORY, env=ENV, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def check_ok(result):
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
-def read_json(path):
-    with open(path) as f:
-        return json.load(f)
-
-
-@pytest.fixture(scope="module")
-def trained(shapes_small, tmp_path_factory):
-    """One 4-iteration training run: (work dir, overrides, completed process)."""
-    work_dir = str(tmp_path_factory.mktemp("run") / "gfl")
-    overrides = data_overrides(shapes_small) + TINY
-    result = check_ok(run_tool(["train.py", "--config", "shapes_gfl_r18.yaml", *overrides, "train.epochs=1",
-                                "train.max_iters=4", "--work-dir", work_dir]))
-    return work_dir, overrides, result
+from cli_tools import (ENV, REPOSITORY, TINY, assert_one_error_line, check_ok, data_overrides, read_json,
+                       run_tool)
 
 
 def test_training_writes_the_run_directory(trained, shapes_small):
@@ -114,7 +79,8 @@ def test_resume_auto_continues_from_the_checkpoint(trained, tmp_path):
     assert [(epoch, step) for epoch, step, _ in steps] == [("2", "5"), ("2", "6")]
     # the schedule continues where it stopped: lr at iteration 4 of the warmup, scaled to batch 2
     cfg = load_config("shapes_gfl_r18.yaml")
-    expected_lr = learning_rate(4, cfg.optim.lr * 2 / cfg.optim.base_batch_size, cfg.optim, iters_per_epoch=12)
+    expected_lr = learning_rate(4, cfg.optim.lr * 2 / cfg.optim.base_batch_size, cfg.optim, iters_per_epoch=12,
+                                epochs=2)
     assert float(steps[0][2]) == pytest.approx(expected_lr, rel=1e-3)
     checkpoint = torch.load(os.path.join(resumed_dir, "checkpoints", "last.pth"), weights_only=True)
     assert (checkpoint["epoch"], checkpoint["iteration"]) == (2, 6)
@@ -159,44 +125,11 @@ def cli_subprocess_errors(tmp_path_factory):
     return {name: (process.wait(timeout=120), process.communicate()[1]) for name, process in processes.items()}
 
 
-def assert_one_error_line(returncode, stderr, named):
-    assert returncode == 2, stderr
-    assert "Traceback" not in stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], stderr
-
-
 def test_cli_processes_print_one_error_line(cli_subprocess_errors):
     returncode, stderr = cli_subprocess_errors["config typo"]
     assert_one_error_line(returncode, stderr, "unknown config key 'optim.lrr'; did you mean optim.lr?")
     returncode, stderr = cli_subprocess_errors["missing checkpoint"]
     assert_one_error_line(returncode, stderr, "checkpoint not found:")
-
-
-@pytest.fixture
-def run_main_in_process(monkeypatch, capsys):
-    """Run train.py's or eval.py's main under run_cli in this process (no torch import per case):
-    returns (exit code, stderr). Logging handlers that train.py adds to the root logger are removed."""
-    import eval as eval_tool
-    import train as train_tool
-    from detector.errors import run_cli
-    monkeypatch.delenv("FOCALDET_DEBUG", raising=False)
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-
-    def run(script, args):
-        monkeypatch.setattr(sys, "argv", [script] + args)
-        capsys.readouterr()
-        try:
-            with pytest.raises(SystemExit) as exit_info:
-                run_cli({"train.py": train_tool, "eval.py": eval_tool}[script].main)
-        finally:
-            for handler in set(root.handlers) - set(handlers):
-                root.removeHandler(handler)
-                handler.close()
-            root.setLevel(level)
-        return exit_info.value.code, capsys.readouterr().err
-    return run
 
 
 def test_bad_input_is_one_error_line(run_main_in_process, shapes_small, tmp_path):
