@@ -74,13 +74,13 @@ def write_json(path, value):
     os.replace(path + ".tmp", path)
 
 
-def read_history(path, up_to_epoch):
-    """Evaluations of a run being resumed (from its metrics.json), up to the checkpoint's epoch."""
+def read_history(path, up_to_iteration):
+    """Evaluations of a run being resumed (from its metrics.json), up to the checkpoint's iteration."""
     if not os.path.isfile(path):
         return []
     with open(path) as f:
         history = json.load(f).get("history", [])
-    return [entry for entry in history if entry["epoch"] <= up_to_epoch]
+    return [entry for entry in history if entry["iteration"] <= up_to_iteration]
 
 
 def resume_command(args, work_dir, world_size):
@@ -168,7 +168,9 @@ def main():
                 f"(optim.lr {cfg.optim.lr} at batch {cfg.optim.base_batch_size})")
 
     # --- resume: weights, criterion statistics, optimizer, epoch and iteration ----------------------
-    start_epoch, iteration, history = 0, 0, []
+    # A checkpoint records the epochs completed and, when saved mid-epoch (a signal, train.max_iters), the
+    # steps already done in the next one (epoch_step): the resumed epoch starts at that batch.
+    start_epoch, iteration, epoch_step, history = 0, 0, 0, []
     if checkpoint is not None:
         if checkpoint.get("classes") is not None:
             check_categories(train_set, checkpoint["classes"]["cat_ids"], None, f"checkpoint {resume}")
@@ -176,37 +178,47 @@ def main():
         load_state(criterion, checkpoint["criterion"], resume, "criterion")
         load_state(optimizer, checkpoint["optimizer"], resume, "optimizer")
         start_epoch, iteration = checkpoint["epoch"], checkpoint["iteration"]
-        history = read_history(os.path.join(cfg.work_dir, "metrics.json"), start_epoch)
-        logger.info(f"resumed from {resume}: epoch {start_epoch}, iteration {iteration}")
+        epoch_step = checkpoint.get("epoch_step", 0)
+        history = read_history(os.path.join(cfg.work_dir, "metrics.json"), iteration)
+        logger.info(f"resumed from {resume}: epoch {start_epoch}, iteration {iteration}"
+                    + (f" ({epoch_step} steps into epoch {start_epoch + 1})" if epoch_step else ""))
         del checkpoint
 
-    def save(name, epoch, with_optimizer):
+    def save(name, epoch, step, with_optimizer):
         save_checkpoint(os.path.join(cfg.work_dir, "checkpoints", name), bare_model, criterion,
-                        optimizer if with_optimizer else None, epoch, iteration, config_to_dict(cfg), classes)
+                        optimizer if with_optimizer else None, epoch, iteration, config_to_dict(cfg), classes, step)
 
     writer = SummaryWriter(os.path.join(cfg.work_dir, "tb")) if main_process else None
     metrics, detections = None, None
     with StopOnSignal(device) as stop:
         for epoch in range(start_epoch, cfg.train.epochs):
-            # A checkpoint saved mid-epoch (after a signal) resumes at its batch of that epoch.
-            train_loader.batch_sampler.set_epoch(epoch, start_batch=max(iteration - epoch * iters_per_epoch, 0))
-            iteration = train_one_epoch(model, criterion, train_loader, optimizer, epoch, iteration, base_lr, cfg,
-                                        device, precision, scaler, writer, cfg.train.max_iters, stop.requested)
-            if stop.signal_name is not None:
-                finished = iteration >= (epoch + 1) * iters_per_epoch
+            train_loader.batch_sampler.set_epoch(epoch, start_batch=epoch_step)
+            epoch_start = iteration - epoch_step
+            iteration, stopped = train_one_epoch(model, criterion, train_loader, optimizer, epoch, iteration,
+                                                 base_lr, cfg, device, precision, scaler, writer,
+                                                 cfg.train.max_iters, stop.requested)
+            epoch_step = iteration - epoch_start
+            finished = epoch_step >= iters_per_epoch  # every batch of this epoch trained
+            if stopped:  # the same answer on every rank (all-reduced)
                 if main_process:
-                    save("last.pth", epoch + finished, with_optimizer=True)
+                    save("last.pth", epoch, epoch_step, with_optimizer=True)
                     logger.warning(f"{stop.signal_name}: saved {last} at iteration {iteration}; resume with: "
                                    f"{resume_command(args, cfg.work_dir, world_size)}")
                     writer.close()
+                dist.barrier()  # no rank exits (and has torchrun stop the others) before rank 0 has saved
                 dist.cleanup()
                 sys.exit(128 + stop.signum)
             done = epoch + 1 == cfg.train.epochs or (cfg.train.max_iters is not None
                                                      and iteration >= cfg.train.max_iters)
             if main_process:
-                save("last.pth", epoch + 1, with_optimizer=True)
-                if (epoch + 1) % cfg.train.checkpoint_interval == 0:
-                    save(f"epoch_{epoch + 1}.pth", epoch + 1, with_optimizer=cfg.train.save_optimizer == "all")
+                if finished:
+                    save("last.pth", epoch + 1, 0, with_optimizer=True)
+                    if (epoch + 1) % cfg.train.checkpoint_interval == 0:
+                        save(f"epoch_{epoch + 1}.pth", epoch + 1, 0,
+                             with_optimizer=cfg.train.save_optimizer == "all")
+                else:  # train.max_iters ended it mid-epoch: --resume continues at the next batch
+                    save("last.pth", epoch, epoch_step, with_optimizer=True)
+            epoch_step = 0
             if done or (epoch + 1) % cfg.train.eval_interval == 0:
                 dist.broadcast_buffers(bare_model)  # every rank evaluates rank 0's BN statistics, the checkpoint's
                 metrics, detections = evaluate(bare_model, postprocessor, val_loader, val_set, device, precision,
@@ -218,6 +230,14 @@ def main():
                         if metrics[key] is not None:
                             writer.add_scalar(f"val/{key}", metrics[key], iteration)
                     write_json(os.path.join(cfg.work_dir, "metrics.json"), {"final": metrics, "history": history})
+                if not done and stop.requested():  # signalled during evaluation: last.pth is this epoch's end
+                    if main_process:
+                        logger.warning(f"{stop.signal_name}: {last} holds iteration {iteration}; resume with: "
+                                       f"{resume_command(args, cfg.work_dir, world_size)}")
+                        writer.close()
+                    dist.barrier()
+                    dist.cleanup()
+                    sys.exit(128 + stop.signum)
             if done:
                 break
 

@@ -1,6 +1,7 @@
 """Checkpoints: written atomically (temp file + rename), loaded with weights_only=True.
 
-A checkpoint is a dict: 'model', 'criterion' (EFL statistics), 'optimizer', 'epoch', 'iteration',
+A checkpoint is a dict: 'model', 'criterion' (EFL statistics), 'optimizer' (None in weights-only epoch
+checkpoints), 'epoch' (completed), 'iteration', 'epoch_step' (steps done in the epoch after 'epoch'),
 'config' (the resolved config as a dict) and 'classes' ({'cat_ids': [...], 'class_names': [...]},
 label i <-> dataset category cat_ids[i]).
 """
@@ -16,13 +17,15 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing or unusable; the message names the file."""
 
 
-def save_checkpoint(path, model, criterion, optimizer, epoch, iteration, config_dict, classes):
-    """Everything needed to resume and to evaluate: weights, criterion buffers, optimizer, position, config,
-    and the category ids / names the labels stand for."""
+def save_checkpoint(path, model, criterion, optimizer, epoch, iteration, config_dict, classes, epoch_step=0):
+    """Everything needed to resume and to evaluate: weights, criterion buffers, optimizer (None: weights
+    only), position (epochs completed, global iteration, steps done in the next epoch), config, and the
+    category ids / names the labels stand for."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     state = {"model": model.state_dict(), "criterion": criterion.state_dict(),
              "optimizer": optimizer.state_dict() if optimizer is not None else None,
-             "epoch": epoch, "iteration": iteration, "config": config_dict, "classes": classes}
+             "epoch": epoch, "iteration": iteration, "epoch_step": epoch_step, "config": config_dict,
+             "classes": classes}
     temporary = f"{path}.tmp.{os.getpid()}"
     torch.save(state, temporary)
     os.replace(temporary, path)

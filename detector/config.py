@@ -367,6 +367,8 @@ def validate(cfg):
         raise ConfigError(f"config key 'data.flip_prob' must be in [0, 1], got {cfg.data.flip_prob}")
     if len(cfg.optim.betas) != 2:
         raise ConfigError(f"config key 'optim.betas' needs 2 values, got {cfg.optim.betas}")
+    if not 0 <= cfg.optim.min_lr_ratio <= 1:
+        raise ConfigError(f"config key 'optim.min_lr_ratio' must be in [0, 1], got {cfg.optim.min_lr_ratio}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"config key 'optim.lr' must be > 0, got {cfg.optim.lr}")
     return cfg
@@ -382,5 +384,8 @@ def config_from_dict(data):
 
 
 def dump_config(cfg, path):
-    with open(path, "w") as f:
+    """Write the resolved config as YAML, atomically (a temporary file renamed over `path`)."""
+    temporary = f"{path}.tmp.{os.getpid()}"
+    with open(temporary, "w") as f:
         yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
+    os.replace(temporary, path)

@@ -47,10 +47,11 @@ def to_device(targets, device):
 
 def train_one_epoch(model, criterion, loader, optimizer, epoch, iteration, base_lr, cfg, device, precision,
                     scaler, writer=None, max_iters=None, stop=None):
-    """One pass over `loader`; returns the global iteration count after it. Rank 0 logs and shows a bar.
+    """One pass over `loader`: returns (global iteration count after it, stopped). Rank 0 logs and shows a bar.
 
     precision: detector.precision.Precision (autocast of the model's forward); scaler: its GradScaler
-    (a no-op unless fp16). stop: optional callable checked after every step; True ends the epoch early.
+    (a no-op unless fp16). stop: optional callable checked after every step (the same answer on every
+    rank); True ends the epoch early and is returned as `stopped`.
     """
     model.train()
     criterion.train()
@@ -98,9 +99,10 @@ def train_one_epoch(model, criterion, loader, optimizer, epoch, iteration, base_
                         writer.add_scalar(f"train/{key}", value, iteration)
                     writer.add_scalar("train/lr", lr, iteration)
         if stop is not None and stop():
-            break
+            bar.close()
+            return iteration, True
     bar.close()
-    return iteration
+    return iteration, False
 
 
 def to_coco_results(detections, image_ids, cat_ids):

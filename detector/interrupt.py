@@ -7,11 +7,14 @@
 The first SIGINT / SIGTERM only sets a flag (one log line); training checks it after every step. Under
 torchrun every rank gets the signal, but not necessarily before the same step, so with several
 processes the flag is combined over ranks (an all-reduce of one number per step) and all of them stop
-after the same iteration. A second signal exits at once, without a checkpoint.
+after the same iteration; rank 0 saves and the others wait for it at a barrier before anyone exits
+(torchrun stops every rank as soon as one exits). A second Ctrl-C (a second after the first) exits at
+once, without a checkpoint; repeated SIGTERMs are ignored (torchrun forwards the cluster's).
 """
 import logging
 import os
 import signal
+import time
 
 import torch
 import torch.distributed
@@ -40,9 +43,14 @@ class StopOnSignal:
 
     def _handle(self, signum, frame):
         if self.signum is not None:
-            logger.warning(f"{signal.Signals(signum).name} again: exiting without a checkpoint")
-            os._exit(128 + signum)
+            # A second Ctrl-C is the user insisting. Repeated SIGTERMs are not: a cluster (Slurm's scancel)
+            # signals every process and torchrun forwards its own copy a moment later.
+            if signum == signal.SIGINT and time.monotonic() - self.first_signal_time > 1.0:
+                logger.warning("SIGINT again: exiting without a checkpoint")
+                os._exit(128 + signum)
+            return
         self.signum = signum
+        self.first_signal_time = time.monotonic()
         if dist.is_main_process():
             logger.warning(f"{signal.Signals(signum).name}: stopping after this iteration and saving a checkpoint "
                            f"(press Ctrl-C again to quit at once)")

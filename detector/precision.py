@@ -39,8 +39,14 @@ class Precision:
 
 
 def cpu_native_bf16():
-    """True where oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX); honours ONEDNN_MAX_CPU_ISA."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    """True where this CPU computes bf16 natively (AVX512-BF16 or AMX) and oneDNN may use it.
+
+    oneDNN's own answer is not enough: it says yes on every AVX-512 CPU (Skylake to Ice Lake Xeons emulate
+    bf16 and run it slower than fp32), so the instruction sets are asked as well; oneDNN's answer adds
+    ONEDNN_MAX_CPU_ISA (=AVX2 turns it off, which is how an AVX2-only CPU is emulated).
+    """
+    has_instructions = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return bool(has_instructions and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def cpu_native_fp16():

@@ -16,13 +16,14 @@ import yaml
 from data.coco import DatasetError
 
 from .checkpoint import RESUME_KEYS, CheckpointError, load_checkpoint
-from .config import ConfigError, config_to_dict
+from .config import ConfigError, config_from_dict, config_to_dict
 
-# Sections whose values define "the same run": a run directory whose config.yaml differs from the new
-# config in one of these holds another config's run. optim.* and train.* may change on resume (more epochs,
-# another lr); data.workers only changes speed.
-IDENTITY_SECTIONS = ("name", "model", "data")
-IGNORED_KEYS = ("data.workers", "model.backbone.pretrained")
+# What makes two configs "the same run": the config name, the model (but the initial weights' source and the
+# test-time thresholds) and the dataset (which set, which files). Everything else may change between a run
+# and its resumption: more epochs, another lr, a smaller batch after running out of memory, the test size.
+IDENTITY_KEYS = ("name", "model.", "data.dataset", "data.train_images", "data.train_ann", "data.val_images",
+                 "data.val_ann", "data.shapes_")
+IGNORED_KEYS = ("model.backbone.pretrained", "model.test.")
 
 
 def check_config(cfg):
@@ -55,18 +56,29 @@ def _flatten(data, prefix=""):
     return flat
 
 
-def _identity(config_dict):
-    flat = _flatten({key: config_dict.get(key) for key in IDENTITY_SECTIONS})
-    return {key: value for key, value in flat.items() if key not in IGNORED_KEYS}
+def _identity(config_dict, prefix):
+    flat = _flatten(config_dict)
+    return {key: value for key, value in flat.items() if key.startswith(IDENTITY_KEYS) and key.startswith(prefix)
+            and not key.startswith(IGNORED_KEYS)}
 
 
-def first_difference(old_dict, new_dict):
-    """'key: old -> new' for the first identity key that differs between two config dicts, else None."""
-    old, new = _identity(old_dict), _identity(new_dict)
+def first_difference(old_dict, new_dict, prefix=""):
+    """'key: old -> new' for the first identity key (under `prefix`) that differs between two config dicts."""
+    old, new = _identity(old_dict, prefix), _identity(new_dict, prefix)
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
             return f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
     return None
+
+
+def _normalised(config_dict, path):
+    """A saved config as today's code reads it (defaults filled in, types coerced), as a dict."""
+    if not isinstance(config_dict, dict):
+        raise ConfigError(f"{path}: holds no config mapping")
+    try:
+        return config_to_dict(config_from_dict(config_dict))
+    except ConfigError as error:
+        raise ConfigError(f"{path}: its config no longer loads ({error})") from None
 
 
 def check_resume(path, cfg):
@@ -75,8 +87,8 @@ def check_resume(path, cfg):
     if checkpoint.get("optimizer") is None:
         raise CheckpointError(f"{path}: holds weights only (epoch checkpoints keep no optimizer state unless "
                               f"train.save_optimizer=all); resume from checkpoints/last.pth")
-    difference = first_difference(checkpoint["config"], config_to_dict(cfg))
-    if difference is not None and difference.split(":")[0].startswith("model."):
+    difference = first_difference(_normalised(checkpoint["config"], path), config_to_dict(cfg), prefix="model.")
+    if difference is not None:
         raise CheckpointError(f"{path}: trained with another model ({difference}); resume with its config")
     return checkpoint
 
@@ -86,9 +98,13 @@ def check_run_dir(work_dir, cfg):
     path = os.path.join(work_dir, "config.yaml")
     if not os.path.isfile(path):
         return
-    with open(path) as f:
-        previous = yaml.safe_load(f) or {}
-    difference = first_difference(previous, config_to_dict(cfg))
+    try:
+        with open(path) as f:
+            previous = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: unreadable ({str(error).splitlines()[0]}); delete {work_dir} or pass "
+                          f"--work-dir DIR") from None
+    difference = first_difference(_normalised(previous, path), config_to_dict(cfg))
     if difference is not None:
         raise ConfigError(f"{work_dir} holds a run of another config ({difference}); pass --work-dir DIR "
                           f"for a new run directory, or delete {work_dir}")

@@ -93,8 +93,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--batch-size", type=int, help="default: data.batch_size")
-    parser.add_argument("--height", type=int, help="default: data.train_short_sides[0]")
-    parser.add_argument("--width", type=int, help="default: data.max_size")
+    parser.add_argument("--height", type=int, help="default: data.train_crop[0], else max(data.train_short_sides)")
+    parser.add_argument("--width", type=int, help="default: data.train_crop[1], else data.max_size")
     parser.add_argument("--num-classes", type=int, default=80)
     parser.add_argument("--boxes-per-image", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3)
@@ -109,8 +109,9 @@ def main():
         keep_freed_memory()  # as train.py does on the CPU
     precision = choose_precision(cfg.train.amp, device)
     batch_size = args.batch_size or cfg.data.batch_size
-    height = args.height or max(cfg.data.train_short_sides)
-    width = args.width or cfg.data.max_size
+    crop = cfg.data.train_crop
+    height = args.height or (crop[0] if crop else max(cfg.data.train_short_sides))
+    width = args.width or (crop[1] if crop else cfg.data.max_size)
     height, width = (-(-side // cfg.data.size_divisor) * cfg.data.size_divisor for side in (height, width))
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = build_model(cfg.model, args.num_classes).to(device, memory_format=memory_format)

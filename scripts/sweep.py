@@ -10,7 +10,7 @@
 
 Each run writes to <out-dir>/<run name>/ (metrics.json, log.txt, ...); the table goes to
 <out-dir>/table.md and is printed. A run whose metrics.json already exists is not trained again
-(delete its folder to redo it).
+(delete its folder to redo it); one without it starts, or resumes the last.pth an interrupted run left.
 """
 import argparse
 import itertools
@@ -62,8 +62,10 @@ def main():
         metrics_path = os.path.join(work_dir, "metrics.json")
         minutes = "-"
         if not os.path.isfile(metrics_path):
+            # --resume auto: a run interrupted earlier (Ctrl-C saves last.pth) continues where it stopped
             command = shlex.split(args.launcher) + [os.path.join(ROOT, "train.py"), "--config", config,
-                                                     "--work-dir", work_dir] + overrides + args.overrides
+                                                     "--work-dir", work_dir, "--resume", "auto",
+                                                     *overrides, *args.overrides]
             print("$", " ".join(shlex.quote(part) for part in command), flush=True)
             started = time.time()
             if subprocess.run(command).returncode != 0:

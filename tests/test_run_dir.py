@@ -35,6 +35,9 @@ def test_bad_config_leaves_an_existing_run_directory_byte_identical(run_main_in_
     def no_dataset(*args, **kwargs):
         raise AssertionError("a dataset was read before the config was checked")
     monkeypatch.setattr(train_tool, "build_dataset", no_dataset)
+    weights_only = tmp_path / "epoch_1.pth"  # as an epoch checkpoint is saved: no optimizer state
+    torch.save(dict(torch.load(os.path.join(work_dir, "checkpoints", "last.pth"), weights_only=True),
+                    optimizer=None), weights_only)
     run = ["--config", "shapes_gfl_r18.yaml", *overrides, "--work-dir", work_dir]
     cases = [
         (run + ["model.loss_box.type=gio"], "model.loss_box.type: unknown loss 'gio'"),
@@ -43,7 +46,7 @@ def test_bad_config_leaves_an_existing_run_directory_byte_identical(run_main_in_
         (run + ["--resume", str(tmp_path / "missing.pth")], "checkpoint not found:"),
         (run + ["data.val_images=" + str(tmp_path / "nowhere")], "nowhere: image directory not found (data.val_images)"),
         (run + [f"model.backbone.pretrained={tmp_path / 'r18.pth'}"], "r18.pth (use 'torchvision', null"),
-        (run + ["--resume", os.path.join(work_dir, "checkpoints", "epoch_1.pth")], "epoch_1.pth: holds weights only"),
+        (run + ["--resume", str(weights_only)], "epoch_1.pth: holds weights only"),
     ]
     for args, named in cases:
         assert_one_error_line(*run_main_in_process("train.py", args), named)
@@ -58,21 +61,31 @@ def test_a_run_directory_of_another_config_is_refused(run_main_in_process, train
                                                           "--work-dir", work_dir])
     assert_one_error_line(returncode, stderr, f"{work_dir} holds a run of another config (model.")
     assert "pass --work-dir DIR for a new run directory" in stderr
-    # the same config on other data (the README's raccoon command without --work-dir)
-    returncode, stderr = run_main_in_process("train.py", ["--config", "shapes_gfl_r18.yaml", *overrides,
-                                                          "data.train_short_sides=[96]", "--work-dir", work_dir])
-    assert_one_error_line(returncode, stderr, "(data.train_short_sides: [128] -> [96])")
+    # the same config on other data (the README's raccoon command without --work-dir): here the embedded set
+    returncode, stderr = run_main_in_process("train.py", ["--config", "shapes_gfl_r18.yaml", *TINY,
+                                                          "--work-dir", work_dir])
+    assert_one_error_line(returncode, stderr, "(data.dataset: 'coco' -> 'shapes')")
     assert snapshot(work_dir) == before
+    # what may change when a run is resumed is no other config: epochs, lr, batch size, test size, workers
+    from detector.config import load_config
+    from detector.run_dir import check_run_dir
+    check_run_dir(work_dir, load_config("shapes_gfl_r18.yaml", overrides + [
+        "train.epochs=24", "optim.lr=0.002", "data.batch_size=1", "data.test_short_side=128", "data.workers=2",
+        "model.test.score_thr=0.3"]))
 
 
-def test_epoch_checkpoints_hold_weights_and_last_holds_the_optimizer(trained):
-    work_dir, _, _ = trained
+def test_epoch_checkpoints_hold_weights_and_last_holds_the_optimizer(shapes_small, tmp_path):
+    work_dir = str(tmp_path / "run")
+    # 24 train images in batches of 6: one epoch is 4 iterations
+    check_ok(run_tool(["train.py", "--config", "shapes_gfl_r18.yaml", *data_overrides(shapes_small), *TINY,
+                       "data.batch_size=6", "train.epochs=1", "--work-dir", work_dir]))
     last = torch.load(os.path.join(work_dir, "checkpoints", "last.pth"), weights_only=True)
     epoch = torch.load(os.path.join(work_dir, "checkpoints", "epoch_1.pth"), weights_only=True)
     assert last["optimizer"]["state"] and epoch["optimizer"] is None
     assert epoch["model"].keys() == last["model"].keys()
     assert all(torch.equal(epoch["model"][key], last["model"][key]) for key in last["model"])
-    assert (epoch["epoch"], epoch["iteration"]) == (1, 4)
+    assert (epoch["epoch"], epoch["iteration"], epoch["epoch_step"]) == (1, 4, 0)
+    assert (last["epoch"], last["iteration"], last["epoch_step"]) == (1, 4, 0)
     last_size = os.path.getsize(os.path.join(work_dir, "checkpoints", "last.pth"))
     epoch_size = os.path.getsize(os.path.join(work_dir, "checkpoints", "epoch_1.pth"))
     assert epoch_size < 0.5 * last_size  # AdamW keeps two moments per weight: weights alone are about a third
@@ -86,7 +99,7 @@ def test_run_info_records_the_precision_outside_the_checkpoint(trained):
     assert info["precision"] in ("fp32", "bf16") and info["device"] == "cpu"
     assert f"precision {info['precision']}: {info['reason']}" in result.stdout
     last = torch.load(os.path.join(work_dir, "checkpoints", "last.pth"), weights_only=True)
-    assert set(last) == {"model", "criterion", "optimizer", "epoch", "iteration", "config", "classes"}
+    assert set(last) == {"model", "criterion", "optimizer", "epoch", "iteration", "epoch_step", "config", "classes"}
     assert last["config"]["train"]["amp"] == "auto"   # the setting, not what this machine resolved it to
 
 
@@ -127,13 +140,14 @@ def test_a_signal_saves_the_current_iteration_and_prints_the_resume_command(shap
     stopped_at = int(saved.group(2))
     assert 3 <= stopped_at < 12   # the step in flight finished, then it stopped within the first epoch
     checkpoint = torch.load(saved.group(1), weights_only=True)
-    assert (checkpoint["epoch"], checkpoint["iteration"]) == (0, stopped_at)
+    assert (checkpoint["epoch"], checkpoint["iteration"], checkpoint["epoch_step"]) == (0, stopped_at, stopped_at)
     assert checkpoint["optimizer"]["state"]
     # the printed command resumes it: same config and work dir, the next iteration, in the same epoch
     command = shlex.split(saved.group(3))
     assert command[1:5] == ["train.py", "--config", "shapes_gfl_r18.yaml", "--work-dir"] and "auto" in command
     resumed = check_ok(run_tool(command[1:] + [f"train.max_iters={stopped_at + 2}"]))
     assert f"--resume auto: found {work_dir}/checkpoints/last.pth" in resumed.stdout
-    assert f"resumed from {work_dir}/checkpoints/last.pth: epoch 0, iteration {stopped_at}" in resumed.stdout
+    assert (f"resumed from {work_dir}/checkpoints/last.pth: epoch 0, iteration {stopped_at} ({stopped_at} steps "
+            f"into epoch 1)") in resumed.stdout
     steps = re.findall(r"epoch (\d+) iter (\d+)/", resumed.stdout)
     assert steps[0] == ("1", str(stopped_at + 1))

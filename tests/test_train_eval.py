@@ -30,7 +30,8 @@ def test_training_writes_the_run_directory(trained, shapes_small):
     assert saved.model.head.feat_channels == 32 and saved.data.train_short_sides == [128]
     assert saved.train.max_iters == 4 and saved.data.train_ann == shapes_small["train_ann"]
     checkpoint = torch.load(os.path.join(work_dir, "checkpoints", "last.pth"), weights_only=True)
-    assert (checkpoint["epoch"], checkpoint["iteration"]) == (1, 4)
+    # train.max_iters=4 ended the run 4 steps into its first 12-iteration epoch: 0 epochs completed
+    assert (checkpoint["epoch"], checkpoint["iteration"], checkpoint["epoch_step"]) == (0, 4, 4)
     assert checkpoint["classes"] == {"cat_ids": [3, 7, 11, 42], "class_names": ["circle", "square", "triangle", "star"]}
     with open(os.path.join(work_dir, "log.txt")) as f:
         log = f.read()
@@ -74,18 +75,20 @@ def test_resume_auto_continues_from_the_checkpoint(trained, tmp_path):
     shutil.copytree(work_dir, resumed_dir)
     result = check_ok(run_tool(["train.py", "--config", "shapes_gfl_r18.yaml", *overrides, "train.epochs=2",
                                 "train.max_iters=6", "--resume", "auto", "--work-dir", resumed_dir]))
-    assert f"resumed from {resumed_dir}/checkpoints/last.pth: epoch 1, iteration 4" in result.stdout
+    # train.max_iters=4 stopped the first run 4 steps into its 12-iteration epoch: the resumed run goes on there
+    assert f"resumed from {resumed_dir}/checkpoints/last.pth: epoch 0, iteration 4 (4 steps into epoch 1)" \
+        in result.stdout
     steps = re.findall(r"epoch (\d+) iter (\d+)/6 lr (\S+)", result.stdout)
-    assert [(epoch, step) for epoch, step, _ in steps] == [("2", "5"), ("2", "6")]
+    assert [(epoch, step) for epoch, step, _ in steps] == [("1", "5"), ("1", "6")]
     # the schedule continues where it stopped: lr at iteration 4 of the warmup, scaled to batch 2
     cfg = load_config("shapes_gfl_r18.yaml")
     expected_lr = learning_rate(4, cfg.optim.lr * 2 / cfg.optim.base_batch_size, cfg.optim, iters_per_epoch=12,
                                 epochs=2)
     assert float(steps[0][2]) == pytest.approx(expected_lr, rel=1e-3)
     checkpoint = torch.load(os.path.join(resumed_dir, "checkpoints", "last.pth"), weights_only=True)
-    assert (checkpoint["epoch"], checkpoint["iteration"]) == (2, 6)
+    assert (checkpoint["epoch"], checkpoint["iteration"], checkpoint["epoch_step"]) == (0, 6, 6)
     history = read_json(os.path.join(resumed_dir, "metrics.json"))["history"]
-    assert [(entry["epoch"], entry["iteration"]) for entry in history] == [(1, 4), (2, 6)]  # epoch 1 kept
+    assert [(entry["epoch"], entry["iteration"]) for entry in history] == [(1, 4), (1, 6)]  # the first kept
 
 
 def free_port():
