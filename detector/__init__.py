@@ -26,7 +26,7 @@ def build_model(model_cfg, num_classes):
         raise ConfigError(f"model.head.type must be one of {sorted(HEADS)}, got {head_cfg.type!r}")
     backbone_cfg = model_cfg.backbone
     backbone = ResNetBackbone(backbone_cfg.depth, backbone_cfg.frozen_stages, backbone_cfg.norm,
-                              backbone_cfg.pretrained)
+                              backbone_cfg.pretrained, backbone_cfg.zero_init_residual)
     fpn = FPN(backbone.out_channels, model_cfg.fpn.out_channels, model_cfg.fpn.extra_from)
     anchor_generator = AnchorGenerator(anchor_cfg.strides, anchor_cfg.octave_base_scale, anchor_cfg.scales_per_octave,
                                        anchor_cfg.ratios, anchor_cfg.offset)

@@ -62,16 +62,19 @@ class ResNetBackbone(nn.Module):
     """Returns C3, C4, C5 of a torchvision ResNet; stages up to `frozen_stages` have no gradient.
 
     frozen_stages: -1 none, 0 the stem, 1 the stem and stage 1 (reference), ... 4 all.
+    zero_init_residual: start every residual block as the identity (training from scratch).
     """
 
-    def __init__(self, depth=50, frozen_stages=1, norm="frozen_bn", pretrained="torchvision"):
+    def __init__(self, depth=50, frozen_stages=1, norm="frozen_bn", pretrained="torchvision", zero_init_residual=False):
         super().__init__()
         if depth not in RESNETS:
             raise ValueError(f"model.backbone.depth must be one of {sorted(RESNETS)}, got {depth}")
         if norm not in NORMS:
             raise ValueError(f"model.backbone.norm must be one of {sorted(NORMS)}, got {norm!r}")
         build, _, self.out_channels = RESNETS[depth]
-        body = build(weights=None, norm_layer=NORMS[norm])
+        # zero_init_residual: each block's last BN starts at gamma 0, so every block starts as the identity
+        # (Goyal et al. 2017); only a random start sees it, pretrained weights overwrite it.
+        body = build(weights=None, norm_layer=NORMS[norm], zero_init_residual=zero_init_residual)
         if pretrained:
             load_pretrained(body, depth, pretrained)
         self.stem = nn.Sequential(body.conv1, body.bn1, body.relu, body.maxpool)

@@ -29,6 +29,7 @@ class BackboneConfig:
     frozen_stages: int = 1               # stem + stage 1 frozen (reference); -1 trains everything
     norm: str = "frozen_bn"              # frozen_bn (reference, pretrained) | bn (trainable, from scratch)
     pretrained: typing.Optional[str] = "torchvision"  # 'torchvision' ImageNet weights | a local .pth path | null
+    zero_init_residual: bool = False     # from scratch: each block's last BN gamma starts at 0 (block = identity)
 
 
 @dataclass

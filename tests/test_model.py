@@ -212,3 +212,14 @@ def test_bad_pretrained_paths_are_pretrained_weights_errors(tmp_path):
     torch.save(state, wrong)
     with pytest.raises(PretrainedWeightsError, match="size mismatch for layer4.1.conv2.weight"):
         ResNetBackbone(18, pretrained=str(wrong))
+
+
+def test_zero_init_residual_starts_every_block_as_the_identity():
+    from detector.backbone import ResNetBackbone
+    for depth, last_bn in ((18, "bn2"), (50, "bn3")):
+        zeroed = ResNetBackbone(depth, frozen_stages=-1, norm="bn", pretrained=None, zero_init_residual=True)
+        plain = ResNetBackbone(depth, frozen_stages=-1, norm="bn", pretrained=None)
+        for stage_zeroed, stage_plain in zip(zeroed.stages, plain.stages):
+            for block_zeroed, block_plain in zip(stage_zeroed, stage_plain):
+                assert getattr(block_zeroed, last_bn).weight.abs().sum() == 0
+                assert (getattr(block_plain, last_bn).weight == 1).all()
