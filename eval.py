@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from data.build import build_dataset, build_test_loader, check_categories
+from data.build import build_dataset, build_evaluator, build_test_loader, check_categories, check_data_config
 from detector import build_model, build_postprocessor, dist
 from detector.checkpoint import load_checkpoint, load_state
 from detector.config import config_from_dict, load_config, merge_dicts, parse_overrides
@@ -39,6 +39,7 @@ def main():
     else:
         cfg = config_from_dict(merge_dicts(checkpoint["config"], parse_overrides(args.overrides)))
     cfg.model.backbone.pretrained = None  # the checkpoint holds every weight
+    check_data_config(cfg.data)
 
     use_cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
     rank, local_rank, world_size = dist.init_distributed("cuda" if use_cuda else "cpu")
@@ -55,8 +56,8 @@ def main():
     load_state(model, checkpoint["model"], args.checkpoint)
     precision = choose_precision(cfg.train.amp, device)
     logger.info(f"precision {precision.name}: {precision.reason}")
-    metrics, detections = evaluate(model, build_postprocessor(cfg.model), loader, dataset, device, precision,
-                                   cfg.train.channels_last)
+    metrics, detections = evaluate(model, build_postprocessor(cfg.model), loader, dataset.cat_ids,
+                                   build_evaluator(dataset), device, precision, cfg.train.channels_last)
     if rank == 0:
         out_dir = args.out_dir or os.path.join(cfg.work_dir or os.path.join("work_dirs", cfg.name), "eval")
         os.makedirs(out_dir, exist_ok=True)

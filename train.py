@@ -22,12 +22,19 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
-from data.build import build_dataset, build_test_loader, build_train_loader, check_categories
+from data.build import (
+    build_dataset,
+    build_evaluator,
+    build_test_loader,
+    build_train_loader,
+    check_categories,
+    check_data_config,
+)
 from detector import build_criterion, build_model, build_postprocessor, dist
 from detector.checkpoint import load_state, save_checkpoint
 from detector.config import config_to_dict, dump_config, load_config
 from detector.cpu import describe_cpu, keep_freed_memory
-from detector.engine import evaluate, train_one_epoch
+from detector.engine import build_optimizer, evaluate, train_one_epoch
 from detector.errors import run_cli
 from detector.interrupt import StopOnSignal
 from detector.precision import choose_precision
@@ -58,14 +65,6 @@ def setup_logging(work_dir, main_process):
         handler.setFormatter(formatter)
         logging.getLogger().addHandler(handler)
     logging.getLogger().setLevel(logger.level)
-
-
-def build_optimizer(parameters, lr, optim_cfg):
-    if optim_cfg.type == "sgd":
-        return torch.optim.SGD(parameters, lr=lr, momentum=optim_cfg.momentum, weight_decay=optim_cfg.weight_decay)
-    if optim_cfg.type == "adamw":
-        return torch.optim.AdamW(parameters, lr=lr, betas=tuple(optim_cfg.betas), weight_decay=optim_cfg.weight_decay)
-    raise ValueError(f"optim.type must be 'sgd' or 'adamw', got {optim_cfg.type!r}")
 
 
 def write_json(path, value):
@@ -101,6 +100,7 @@ def main():
 
     # --- checks before anything is written or read: config, files, run directory, resume checkpoint -------
     check_config(cfg)
+    check_data_config(cfg.data)
     last = os.path.join(cfg.work_dir, "checkpoints", "last.pth")
     resume = args.resume
     if resume == "auto":
@@ -142,6 +142,7 @@ def main():
     classes = {"cat_ids": train_set.cat_ids, "class_names": train_set.class_names}
     train_loader = build_train_loader(train_set, cfg.data, cfg.train.seed, distributed=world_size > 1)
     val_loader = build_test_loader(val_set, cfg.data, distributed=world_size > 1)
+    evaluator = build_evaluator(val_set)
     iters_per_epoch = len(train_loader)
     logger.info(f"train: {len(train_set)} images, {iters_per_epoch} iterations/epoch; val: {len(val_set)} images; "
                 f"{train_set.num_classes} classes")
@@ -154,9 +155,10 @@ def main():
     num_parameters = sum(p.numel() for p in model.parameters())
     logger.info(f"model: {cfg.model.head.type} R{cfg.model.backbone.depth}, {num_parameters / 1e6:.2f}M parameters")
     if world_size > 1:
-        # Frozen BN buffers never change: only trainable BN needs rank 0's statistics broadcast each step.
+        # Frozen BN statistics never change: only BN that trains them needs rank 0's broadcast each step.
+        trains_statistics = cfg.model.backbone.norm == "bn" and not cfg.model.backbone.norm_eval
         model = DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None,
-                                        broadcast_buffers=cfg.model.backbone.norm != "frozen_bn")
+                                        broadcast_buffers=trains_statistics)
     bare_model = model.module if world_size > 1 else model
 
     # Linear scaling rule: optim.lr is the rate at base_batch_size images per iteration.
@@ -221,8 +223,8 @@ def main():
             epoch_step = 0
             if done or (epoch + 1) % cfg.train.eval_interval == 0:
                 dist.broadcast_buffers(bare_model)  # every rank evaluates rank 0's BN statistics, the checkpoint's
-                metrics, detections = evaluate(bare_model, postprocessor, val_loader, val_set, device, precision,
-                                               cfg.train.channels_last)
+                metrics, detections = evaluate(bare_model, postprocessor, val_loader, val_set.cat_ids, evaluator,
+                                               device, precision, cfg.train.channels_last)
                 if main_process:
                     history.append({"epoch": epoch + 1, "iteration": iteration, **metrics})
                     logger.info(f"epoch {epoch + 1}: bbox AP {metrics['AP']:.4f} AP50 {metrics['AP50']:.4f}")

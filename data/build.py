@@ -1,24 +1,55 @@
-"""Datasets and loaders from the `data` section of the config (shared by train.py and eval.py)."""
+"""Datasets, loaders and evaluators from the `data` section of the config (shared by train.py and eval.py)."""
 import functools
+import os
 
 import torch
 from torch.utils.data import DataLoader
 
 from data.coco import CocoDetection, DatasetError
 from data.collate import collate
+from data.evaluation import coco_evaluate
 from data.samplers import build_test_sampler, build_train_batch_sampler
 from data.synthetic import ensure_shapes_dataset
 from data.transforms import build_transforms
+from detector.config import choose
+
+
+def _configured_paths(data_cfg):
+    return data_cfg.train_images, data_cfg.train_ann, data_cfg.val_images, data_cfg.val_ann
+
+
+def _shapes_paths(data_cfg):
+    paths = ensure_shapes_dataset(data_cfg.shapes_root, data_cfg.shapes_num_train, data_cfg.shapes_num_val)
+    return paths["train_images"], paths["train_ann"], paths["val_images"], paths["val_ann"]
+
+
+# data.dataset -> (train_images, train_ann, val_images, val_ann) of the config; shapes is generated on first use.
+DATASETS = {"coco": _configured_paths, "shapes": _shapes_paths}
+
+
+def check_data_config(data_cfg):
+    """What can be checked before a run touches anything: the dataset type, and its files where they are given."""
+    choose(DATASETS, data_cfg.dataset, "data.dataset")
+    if DATASETS[data_cfg.dataset] is not _configured_paths:
+        return
+    for key in ("train_ann", "val_ann"):
+        path = getattr(data_cfg, key)
+        if not os.path.isfile(path):
+            raise DatasetError(f"{path}: annotation file not found (data.{key})")
+    for key in ("train_images", "val_images"):
+        path = getattr(data_cfg, key)
+        if not os.path.isdir(path):
+            raise DatasetError(f"{path}: image directory not found (data.{key})")
 
 
 def dataset_paths(data_cfg):
     """(train_images, train_ann, val_images, val_ann); the shapes set is generated on first use."""
-    if data_cfg.dataset == "shapes":
-        paths = ensure_shapes_dataset(data_cfg.shapes_root, data_cfg.shapes_num_train, data_cfg.shapes_num_val)
-        return paths["train_images"], paths["train_ann"], paths["val_images"], paths["val_ann"]
-    if data_cfg.dataset == "coco":
-        return data_cfg.train_images, data_cfg.train_ann, data_cfg.val_images, data_cfg.val_ann
-    raise ValueError(f"data.dataset must be 'coco' or 'shapes', got {data_cfg.dataset!r}")
+    return choose(DATASETS, data_cfg.dataset, "data.dataset")(data_cfg)
+
+
+def build_evaluator(dataset):
+    """Callable (COCO-format results, log) -> metrics dict for `dataset` (COCOeval over its ground truth)."""
+    return functools.partial(coco_evaluate, dataset.coco, class_names=dataset.class_names)
 
 
 def build_dataset(data_cfg, train):

@@ -30,11 +30,12 @@ from PIL import Image, UnidentifiedImageError
 from pycocotools.coco import COCO
 
 from data.transforms import Normalize
+from detector.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A problem in a dataset's files, with a message naming the file and the image/annotation id."""
 
 
@@ -140,7 +141,7 @@ class CocoDetection(torch.utils.data.Dataset):
         target: dict with
             'boxes' float [N, 4] xyxy pixels of the transformed image, 'labels' long [N] contiguous,
             'crowd' bool [N], 'image_id' int, 'orig_size' (h, w) of the file,
-            'size' (h, w) after resizing (before batch padding), 'scale' float (resized / original).
+            'size' (h, w) after resizing (before batch padding), 'scale_factor' (w, h) resized / original.
     """
 
     def __init__(self, image_dir, ann_file, transforms=None, remove_images_without_annotations=False,
@@ -239,5 +240,5 @@ class CocoDetection(torch.utils.data.Dataset):
                   "image_id": int(self.image_ids[index]),
                   "orig_size": (entry["height"], entry["width"]),
                   "size": (entry["height"], entry["width"]),
-                  "scale": 1.0}
+                  "scale_factor": (1.0, 1.0)}
         return self.transforms(image, target)

@@ -19,7 +19,9 @@ def collate(batch, size_divisor=32):
             'crowd' bool [B, M] True for crowd rows (ignore regions; never positives),
             'image_ids' long [B], 'orig_sizes' long [B, 2] (h, w) of the files,
             'image_sizes' long [B, 2] (h, w) after resizing, before padding,
-            'scales' float [B] resized / original.
+            'pad_sizes' long [B, 2] (h, w) of each image rounded up to size_divisor: its own padded area
+                (anchors beyond it lie in another image's padding and take no loss),
+            'scale_factors' float64 [B, 2] (w, h) resized / original per axis.
         M = max(1, largest box count in the batch): a batch without any box still has one padding
         row, so no tensor has a zero-sized dimension; positives are valid & ~crowd.
     """
@@ -53,5 +55,7 @@ def collate(batch, size_divisor=32):
         "image_ids": torch.tensor([target["image_id"] for target in targets], dtype=torch.long),
         "orig_sizes": torch.tensor([list(target["orig_size"]) for target in targets], dtype=torch.long),
         "image_sizes": torch.tensor([list(target["size"]) for target in targets], dtype=torch.long),
-        "scales": torch.tensor([float(target["scale"]) for target in targets], dtype=torch.float32),
+        "pad_sizes": torch.tensor([[-(-h // size_divisor) * size_divisor, -(-w // size_divisor) * size_divisor]
+                                   for h, w in (target["size"] for target in targets)], dtype=torch.long),
+        "scale_factors": torch.tensor([list(target["scale_factor"]) for target in targets], dtype=torch.float64),
     }

@@ -3,7 +3,8 @@
 Each transform is a callable (image, target) -> (image, target). The image is a PIL RGB image until
 `Normalize`, which turns it into a float tensor [3, H, W]. The target dict follows
 data.coco.CocoDetection: 'boxes' float tensor [N, 4] xyxy in pixels of the current image, 'size'
-(h, w) of the current image, 'scale' (current size / original size); other keys pass through.
+(h, w) of the current image, 'scale_factor' (w, h): current size / original size per axis; other keys pass
+through.
 Randomness uses torch's generator, which DataLoader seeds per worker.
 """
 import numpy as np
@@ -36,9 +37,10 @@ class Resize:
         short_sides: target lengths of the short side. mode 'choice' picks one of them per image;
             mode 'range' draws an integer uniformly in [min(short_sides), max(short_sides)].
         max_size: cap on the long side after resizing.
-    The image is resized to (round(w * scale), round(h * scale)) with bilinear filtering; boxes are
-    multiplied by the same single `scale` (so original = resized / scale exactly, which is what
-    post-processing undoes) and clipped to the new size.
+    The image is resized to (int(w * scale + 0.5), int(h * scale + 0.5)) with bilinear filtering (mmcv's
+    rounding). After rounding the two axes are scaled by slightly different factors, new_w / w and new_h / h:
+    boxes are multiplied by each (as mmdetection), clipped to the new size, and the factors kept in
+    'scale_factor' (w, h), which post-processing undoes.
     """
 
     def __init__(self, short_sides, max_size, mode="choice"):
@@ -59,15 +61,17 @@ class Resize:
     def __call__(self, image, target):
         width, height = image.size
         scale = min(self._short_side() / min(width, height), self.max_size / max(width, height))
-        new_width, new_height = max(1, round(width * scale)), max(1, round(height * scale))
+        new_width, new_height = max(1, int(width * scale + 0.5)), max(1, int(height * scale + 0.5))
         image = image.resize((new_width, new_height), Image.BILINEAR)
         target = dict(target)
-        boxes = target["boxes"] * scale
+        scale_x, scale_y = new_width / width, new_height / height
+        boxes = target["boxes"] * torch.tensor([scale_x, scale_y, scale_x, scale_y], dtype=target["boxes"].dtype)
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, new_width)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, new_height)
         target["boxes"] = boxes
         target["size"] = (new_height, new_width)
-        target["scale"] = float(target.get("scale", 1.0)) * scale
+        previous_x, previous_y = target.get("scale_factor", (1.0, 1.0))
+        target["scale_factor"] = (previous_x * scale_x, previous_y * scale_y)
         return image, target
 
     def __repr__(self):

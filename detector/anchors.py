@@ -31,9 +31,10 @@ class AnchorGenerator:
         self.num_per_location = self.base.shape[0]
         self._cache = {}  # (feature sizes, device) -> result; bounded, since multi-scale training varies sizes
 
-    def __call__(self, feature_sizes, device):
-        """feature_sizes: [(H_l, W_l)] per level -> (anchors [A, 4], strides [A], num_per_level [L])."""
-        key = (tuple(tuple(s) for s in feature_sizes), str(device))
+    def __call__(self, feature_sizes, device, dtype=torch.float32):
+        """feature_sizes: [(H_l, W_l)] per level -> (anchors [A, 4], strides [A], num_per_level [L]) in `dtype`
+        (computed in float64, so float64 anchors are exact)."""
+        key = (tuple(tuple(s) for s in feature_sizes), str(device), dtype)
         if key not in self._cache:
             if len(self._cache) >= self.CACHE_SIZE:
                 self._cache.pop(next(iter(self._cache)))  # the oldest entry
@@ -47,10 +48,22 @@ class AnchorGenerator:
                 anchors.append(level)
                 strides.append(torch.full((level.shape[0],), float(stride), dtype=torch.float64))
                 counts.append(level.shape[0])
-            self._cache[key] = (torch.cat(anchors).float().to(device), torch.cat(strides).float().to(device), counts)
+            self._cache[key] = (torch.cat(anchors).to(device, dtype), torch.cat(strides).to(device, dtype), counts)
         return self._cache[key]
 
 
 def anchor_centers(anchors):
-    """[A, 4] -> [A, 2] centre (x, y)."""
-    return (anchors[:, :2] + anchors[:, 2:]) / 2
+    """[..., 4] -> [..., 2] centre (x, y)."""
+    return (anchors[..., :2] + anchors[..., 2:]) / 2
+
+
+def inside_padded_images(anchors, strides, offset, pad_sizes):
+    """[B, A] bool: the anchor's grid cell starts inside the image's own padded area (mmdetection's valid_flags).
+
+    An image smaller than its batch tensor has its own padded size (its resized size rounded up to the size
+    divisor, pad_sizes [B, 2] (h, w)); the cells beyond it lie in another image's padding. Cell (i, j) of a
+    level with stride s is valid when i * s < h and j * s < w; its anchor centre is ((j + offset) s, (i + offset) s).
+    """
+    origins = anchor_centers(anchors) - offset * strides[:, None]          # [A, 2] (x, y) of each cell's corner
+    pad_sizes = pad_sizes.to(origins.dtype)
+    return (origins[None, :, 0] < pad_sizes[:, None, 1]) & (origins[None, :, 1] < pad_sizes[:, None, 0])

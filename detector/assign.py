@@ -61,8 +61,8 @@ def _crowd_iof(gt_boxes: torch.Tensor, crowd_mask: torch.Tensor, anchors: torch.
 def _apply_crowd_rule(matched: torch.Tensor, gt_boxes: torch.Tensor, gt_valid: torch.Tensor,
                       gt_crowd: torch.Tensor | None, anchors: torch.Tensor,
                       crowd_iof_thr: float) -> torch.Tensor:
-    """Turn non-positive anchors that lie mostly inside a crowd box into ignore (-2)."""
-    if gt_crowd is None or gt_boxes.shape[1] == 0:
+    """Turn non-positive anchors that lie mostly inside a crowd box into ignore (-2); off when crowd_iof_thr < 0."""
+    if gt_crowd is None or gt_boxes.shape[1] == 0 or crowd_iof_thr < 0:
         return matched
     crowd_mask = gt_crowd & gt_valid
     crowd_count = int(crowd_mask.sum(dim=1).max())            # one host sync; crowd boxes are rare
@@ -74,6 +74,13 @@ def _apply_crowd_rule(matched: torch.Tensor, gt_boxes: torch.Tensor, gt_valid: t
     iof = _crowd_iof(crowd_boxes, crowd_mask.gather(1, order), anchors)
     in_crowd = (iof >= crowd_iof_thr) & crowd_mask.any(dim=1, keepdim=True)
     return torch.where((matched < 0) & in_crowd, torch.full_like(matched, IGNORE), matched)
+
+
+def _ignore_invalid(matched: torch.Tensor, anchors_valid: torch.Tensor | None) -> torch.Tensor:
+    """Anchors outside their image's padded area (anchors_valid False) -> ignore (-2): no loss at all."""
+    if anchors_valid is None:
+        return matched
+    return torch.where(anchors_valid, matched, torch.full_like(matched, IGNORE))
 
 
 def _matchable(gt_valid: torch.Tensor, gt_crowd: torch.Tensor | None) -> torch.Tensor:
@@ -97,7 +104,8 @@ def max_iou_assign(anchors: torch.Tensor,
                    neg_iou_thr: float = 0.4,
                    min_pos_iou: float = 0.0,
                    low_quality: str = 'mmdet',
-                   crowd_iof_thr: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+                   crowd_iof_thr: float = -1.0,
+                   anchors_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Max-IoU assignment (RetinaNet), batched, with mmdet ``MaxIoUAssigner`` semantics.
 
     Steps, per image (all images at once):
@@ -114,7 +122,9 @@ def max_iou_assign(anchors: torch.Tensor,
            ``min_pos_iou`` condition) is matched to its own argmax GT.
          - ``'none'``: no low-quality pass.
       4. Crowd rule: a non-positive anchor with IoF >= ``crowd_iof_thr`` to a crowd box -> -2.
-    An image without matchable GT gets all -1 (before the crowd rule).
+    An image without matchable GT gets all -1 (before the crowd rule). Anchors outside their image's
+    padded area (``anchors_valid`` False) take no part in steps 1-3 and are -2 (mmdetection assigns only
+    the anchors inside each image).
 
     Args:
         anchors: [A, 4] xyxy anchors of all levels.
@@ -125,7 +135,9 @@ def max_iou_assign(anchors: torch.Tensor,
         neg_iou_thr: IoU below which an anchor is background.
         min_pos_iou: smallest best-IoU for which a GT takes its low-quality matches.
         low_quality: ``'mmdet'``, ``'torchvision'`` or ``'none'``.
-        crowd_iof_thr: IoF with a crowd box at or above which a non-positive anchor is ignored.
+        crowd_iof_thr: IoF with a crowd box at or above which a non-positive anchor is ignored; < 0 (default,
+            mmdetection's ignore_iof_thr -1) turns the rule off and crowd boxes are only never positive.
+        anchors_valid: optional [B, A] bool, False for anchors outside the image's own padded area.
 
     Returns:
         matched: [B, A] int64, GT index >= 0, -1 background, -2 ignore.
@@ -139,11 +151,13 @@ def max_iou_assign(anchors: torch.Tensor,
     if max_gts == 0 or num_anchors == 0:
         matched = torch.full((batch_size, num_anchors), BACKGROUND, dtype=torch.long, device=device)
         max_iou = torch.zeros((batch_size, num_anchors), dtype=dtype, device=device)
-        return _apply_crowd_rule(matched, gt_boxes, gt_valid, gt_crowd, anchors, crowd_iof_thr), max_iou
+        matched = _apply_crowd_rule(matched, gt_boxes, gt_valid, gt_crowd, anchors, crowd_iof_thr)
+        return _ignore_invalid(matched, anchors_valid), max_iou
 
     matchable = _matchable(gt_valid, gt_crowd)                                    # [B, M]
     iou = _batched_iou(gt_boxes, anchors)                                         # [B, M, A]
-    iou = torch.where(matchable[:, :, None], iou, torch.full_like(iou, -1.0))
+    usable = matchable[:, :, None] if anchors_valid is None else matchable[:, :, None] & anchors_valid[:, None]
+    iou = torch.where(usable, iou, torch.full_like(iou, -1.0))
     max_iou, argmax_gt = iou.max(dim=1)                                           # [B, A]
 
     matched = torch.full((batch_size, num_anchors), IGNORE, dtype=torch.long, device=device)
@@ -164,7 +178,8 @@ def max_iou_assign(anchors: torch.Tensor,
     has_gt = matchable.any(dim=1, keepdim=True)                                   # [B, 1]
     matched = torch.where(has_gt, matched, torch.full_like(matched, BACKGROUND))
     max_iou = max_iou.clamp(min=0)
-    return _apply_crowd_rule(matched, gt_boxes, gt_valid, gt_crowd, anchors, crowd_iof_thr), max_iou
+    matched = _apply_crowd_rule(matched, gt_boxes, gt_valid, gt_crowd, anchors, crowd_iof_thr)
+    return _ignore_invalid(matched, anchors_valid), max_iou
 
 
 @torch.no_grad()
@@ -175,12 +190,14 @@ def atss_assign(anchors: torch.Tensor,
                 gt_crowd: torch.Tensor | None = None,
                 topk: int = 9,
                 anchors_per_location: int = 1,
-                crowd_iof_thr: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+                crowd_iof_thr: float = -1.0,
+                anchors_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Adaptive Training Sample Selection (ATSS), batched, with mmdet ``ATSSAssigner`` semantics.
 
     Steps, for every image and every matchable GT at once:
       1. IoU between each anchor box and each GT (mmdet ``bbox_overlaps``).
-      2. Squared L2 distance between anchor centres and GT centres (same order as L2).
+      2. L2 distance between anchor centres and GT centres (with the square root, as mmdetection: a tie it
+         creates or keeps is then broken by torch.topk exactly as in mmdetection).
       3. Per level, the k = min(topk * anchors_per_location, anchors in the level) anchors with
          the nearest centres are candidates (a level with fewer anchors than k gives all of them).
       4. Threshold per GT = mean + std of the candidates' IoUs over all levels; std is unbiased
@@ -190,7 +207,9 @@ def atss_assign(anchors: torch.Tensor,
       6. An anchor positive for several GTs takes the GT of highest IoU (lowest index on exact
          ties). Every other anchor is background (-1).
       7. Crowd rule: a non-positive anchor with IoF >= ``crowd_iof_thr`` to a crowd box -> -2.
-    Padding and crowd GTs never have candidates that become positive.
+    Padding and crowd GTs never have candidates that become positive. Anchors outside their image's padded
+    area (``anchors_valid`` False) are never candidates (k counts the valid anchors of the level, as
+    mmdetection's num_level_anchors_inside) and are -2.
 
     Args:
         anchors: [A, 4] xyxy anchors of all levels, level-major.
@@ -200,7 +219,9 @@ def atss_assign(anchors: torch.Tensor,
         gt_crowd: optional [B, M] bool, True for crowd (iscrowd) boxes.
         topk: candidates per level and per GT for one anchor per location.
         anchors_per_location: anchors at each location; k scales to ``topk * anchors_per_location``.
-        crowd_iof_thr: IoF with a crowd box at or above which a non-positive anchor is ignored.
+        crowd_iof_thr: IoF with a crowd box at or above which a non-positive anchor is ignored; < 0 (default)
+            turns the rule off.
+        anchors_valid: optional [B, A] bool, False for anchors outside the image's own padded area.
 
     Returns:
         matched: [B, A] int64, GT index >= 0, -1 background, -2 ignore.
@@ -214,31 +235,38 @@ def atss_assign(anchors: torch.Tensor,
     matched = torch.full((batch_size, num_anchors), BACKGROUND, dtype=torch.long, device=device)
     iou_threshold = torch.zeros((batch_size, max_gts), dtype=dtype, device=device)
     if max_gts == 0 or num_anchors == 0:
-        return _apply_crowd_rule(matched, gt_boxes, gt_valid, gt_crowd, anchors, crowd_iof_thr), iou_threshold
+        matched = _apply_crowd_rule(matched, gt_boxes, gt_valid, gt_crowd, anchors, crowd_iof_thr)
+        return _ignore_invalid(matched, anchors_valid), iou_threshold
 
     matchable = _matchable(gt_valid, gt_crowd)                                    # [B, M]
     iou = _batched_iou(gt_boxes, anchors)                                         # [B, M, A]
     anchor_centres = (anchors[:, :2] + anchors[:, 2:]) / 2.0                      # [A, 2]
     gt_centres = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2.0                    # [B, M, 2]
-    squared_distance = (anchor_centres[None, None] - gt_centres[:, :, None]).pow(2).sum(-1)
+    distance = (anchor_centres[None, None] - gt_centres[:, :, None]).pow(2).sum(-1).sqrt()   # [B, M, A]
+    if anchors_valid is not None:  # invalid anchors are the farthest: chosen only to fill k, then masked out
+        distance = distance.masked_fill(~anchors_valid[:, None], float('inf'))
 
     candidate_indices = []
     start = 0
     for level_size in num_anchors_per_level:
         k = min(topk * anchors_per_location, level_size)
         if k > 0:
-            _, nearest = squared_distance[..., start:start + level_size].topk(k, dim=-1, largest=False)
+            _, nearest = distance[..., start:start + level_size].topk(k, dim=-1, largest=False)
             candidate_indices.append(nearest + start)
         start += level_size
     candidate_indices = torch.cat(candidate_indices, dim=-1)                      # [B, M, K]
     candidate_iou = iou.gather(-1, candidate_indices)                             # [B, M, K]
-    threshold = candidate_iou.mean(dim=-1) + candidate_iou.std(dim=-1)            # [B, M]
+    if anchors_valid is None:
+        candidate_valid = torch.ones_like(candidate_iou, dtype=torch.bool)
+    else:
+        candidate_valid = anchors_valid[:, None].expand(-1, max_gts, -1).gather(-1, candidate_indices)
+    threshold = _masked_mean_plus_std(candidate_iou, candidate_valid)             # [B, M]
 
     candidate_centres = anchor_centres[candidate_indices]                         # [B, M, K, 2]
     side_distance = torch.cat([candidate_centres - gt_boxes[:, :, None, :2],
                                gt_boxes[:, :, None, 2:] - candidate_centres], dim=-1)
     centre_inside = side_distance.amin(dim=-1) > 0.01                             # [B, M, K]
-    is_positive = (candidate_iou >= threshold[..., None]) & centre_inside & matchable[..., None]
+    is_positive = (candidate_iou >= threshold[..., None]) & centre_inside & matchable[..., None] & candidate_valid
 
     negative_infinity = torch.tensor(float('-inf'), dtype=dtype, device=device)
     positive_iou = torch.full_like(iou, float('-inf'))
@@ -247,4 +275,14 @@ def atss_assign(anchors: torch.Tensor,
     matched = torch.where(best_iou > negative_infinity, best_gt, matched)
 
     iou_threshold = torch.where(matchable, threshold, iou_threshold)
-    return _apply_crowd_rule(matched, gt_boxes, gt_valid, gt_crowd, anchors, crowd_iof_thr), iou_threshold
+    matched = _apply_crowd_rule(matched, gt_boxes, gt_valid, gt_crowd, anchors, crowd_iof_thr)
+    return _ignore_invalid(matched, anchors_valid), iou_threshold
+
+
+def _masked_mean_plus_std(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """mean + unbiased std of `values` [..., K] over the entries where `mask` is True (torch.std's n - 1;
+    NaN for a single entry, as torch.std)."""
+    count = mask.sum(dim=-1).to(values.dtype)
+    mean = torch.where(mask, values, 0).sum(dim=-1) / count
+    squares = torch.where(mask, (values - mean[..., None]).pow(2), 0).sum(dim=-1)
+    return mean + (squares / (count - 1)).sqrt()

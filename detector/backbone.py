@@ -2,7 +2,11 @@
 
 ResNet stages C3, C4, C5 have strides 8, 16, 32. The FPN maps them to `out_channels`, adds the
 top-down path with nearest upsampling, then P6 by a stride-2 3x3 conv on C5 (RetinaNet) or on P5
-(ATSS, GFL), and P7 = conv(relu(P6)) (REFERENCE.md, ours, as torchvision and detectron2).
+(ATSS, GFL), and P7 = conv(P6), no ReLU between (mmdetection's configs for all three, REFERENCE.md).
+
+BatchNorm as mmdetection's reference (norm bn, norm_eval true): running statistics frozen (the layers stay in
+eval mode), affine weight and bias trained outside the frozen stages. norm_eval false trains the statistics too
+(from scratch); norm frozen_bn keeps the affine terms fixed as well (torchvision, detectron2).
 """
 import torch
 import torch.nn.functional as F
@@ -10,16 +14,19 @@ from torch import nn
 from torchvision.models import resnet
 from torchvision.ops import FrozenBatchNorm2d
 
+from .errors import UserError
+
 RESNETS = {
     18: (resnet.resnet18, resnet.ResNet18_Weights.IMAGENET1K_V1, [128, 256, 512]),
     34: (resnet.resnet34, resnet.ResNet34_Weights.IMAGENET1K_V1, [128, 256, 512]),
     50: (resnet.resnet50, resnet.ResNet50_Weights.IMAGENET1K_V1, [512, 1024, 2048]),
     101: (resnet.resnet101, resnet.ResNet101_Weights.IMAGENET1K_V1, [512, 1024, 2048]),
 }
-NORMS = {"frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d}
+NORMS = {"bn": nn.BatchNorm2d, "frozen_bn": FrozenBatchNorm2d}
+EXTRA_FROM = ("c5", "p5")  # what P6 is computed from: C5 (RetinaNet) or P5 (ATSS, GFL)
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(UserError, RuntimeError):
     """Pretrained weights could not be had; the message says what to do."""
 
 
@@ -61,17 +68,18 @@ def load_pretrained(model, depth, pretrained):
 class ResNetBackbone(nn.Module):
     """Returns C3, C4, C5 of a torchvision ResNet; stages up to `frozen_stages` have no gradient.
 
-    frozen_stages: -1 none, 0 the stem, 1 the stem and stage 1 (reference), ... 4 all.
+    depth: a key of RESNETS; norm: a key of NORMS (both checked by build_model).
+    frozen_stages: -1 none, 0 the stem, 1 the stem and stage 1 (reference), ... 4 all; frozen BatchNorm layers
+        stay in eval mode.
+    norm_eval: every BatchNorm layer stays in eval mode (running statistics frozen, mmdetection's reference).
     zero_init_residual: start every residual block as the identity (training from scratch).
     """
 
-    def __init__(self, depth=50, frozen_stages=1, norm="frozen_bn", pretrained="torchvision", zero_init_residual=False):
+    def __init__(self, depth=50, frozen_stages=1, norm="bn", norm_eval=True, pretrained="torchvision",
+                 zero_init_residual=False):
         super().__init__()
-        if depth not in RESNETS:
-            raise ValueError(f"model.backbone.depth must be one of {sorted(RESNETS)}, got {depth}")
-        if norm not in NORMS:
-            raise ValueError(f"model.backbone.norm must be one of {sorted(NORMS)}, got {norm!r}")
         build, _, self.out_channels = RESNETS[depth]
+        self.norm_eval = norm_eval
         # zero_init_residual: each block's last BN starts at gamma 0, so every block starts as the identity
         # (Goyal et al. 2017); only a random start sees it, pretrained weights overwrite it.
         body = build(weights=None, norm_layer=NORMS[norm], zero_init_residual=zero_init_residual)
@@ -79,10 +87,18 @@ class ResNetBackbone(nn.Module):
             load_pretrained(body, depth, pretrained)
         self.stem = nn.Sequential(body.conv1, body.bn1, body.relu, body.maxpool)
         self.stages = nn.ModuleList([body.layer1, body.layer2, body.layer3, body.layer4])
-        frozen = ([self.stem] if frozen_stages >= 0 else []) + list(self.stages[:max(frozen_stages, 0)])
-        for module in frozen:
+        self.frozen = ([self.stem] if frozen_stages >= 0 else []) + list(self.stages[:max(frozen_stages, 0)])
+        for module in self.frozen:
             for parameter in module.parameters():
                 parameter.requires_grad_(False)
+
+    def train(self, mode=True):
+        """Training mode, but for the BatchNorm layers of frozen stages (and all of them with norm_eval)."""
+        super().train(mode)
+        for module in self.modules() if self.norm_eval else [m for stage in self.frozen for m in stage.modules()]:
+            if isinstance(module, nn.BatchNorm2d):
+                module.eval()
+        return self
 
     def forward(self, images):
         x = self.stem(images)
@@ -98,8 +114,6 @@ class FPN(nn.Module):
 
     def __init__(self, in_channels, out_channels=256, extra_from="c5"):
         super().__init__()
-        if extra_from not in ("c5", "p5"):
-            raise ValueError(f"model.fpn.extra_from must be 'c5' or 'p5', got {extra_from!r}")
         self.extra_from = extra_from
         self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
         self.output = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels)
@@ -118,5 +132,5 @@ class FPN(nn.Module):
             laterals[i - 1] = laterals[i - 1] + upsampled
         outputs = [conv(x) for conv, x in zip(self.output, laterals)]
         p6 = self.p6(features[-1] if self.extra_from == "c5" else outputs[-1])
-        p7 = self.p7(F.relu(p6))
+        p7 = self.p7(p6)
         return outputs + [p6, p7]

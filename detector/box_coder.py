@@ -1,4 +1,4 @@
-"""Box coders: delta-xywh (RetinaNet) and ltrb distances with the DFL integral (GFL, ATSS).
+"""Box coders: delta-xywh (RetinaNet, ATSS) and ltrb distances with the DFL integral (GFL).
 
 All functions work on [..., 4] tensors so batched [B, A, 4] inputs need no reshape.
 """
@@ -38,18 +38,14 @@ def decode_deltas(anchors, deltas):
     return torch.stack([x - half_w, y - half_h, x + half_w, y + half_h], dim=-1)
 
 
-def encode_distances(centers, boxes, strides, reg_max=None):
-    """Distances (left, top, right, bottom) from points to box sides, in stride units.
+def encode_distances(centers, boxes, strides):
+    """Distances (left, top, right, bottom) from points to box sides, in stride units (unclamped).
 
-    centers [..., 2], boxes [..., 4], strides [...]. With reg_max, distances are clamped to
-    [0, reg_max - 0.01] (REFERENCE.md, ours) so the DFL right bin stays inside the R bins.
+    centers [..., 2], boxes [..., 4], strides [...] -> [..., 4].
     """
     distances = torch.stack([centers[..., 0] - boxes[..., 0], centers[..., 1] - boxes[..., 1],
                              boxes[..., 2] - centers[..., 0], boxes[..., 3] - centers[..., 1]], dim=-1)
-    distances = distances / strides[..., None]
-    if reg_max is not None:
-        distances = distances.clamp(min=0, max=reg_max - 0.01)
-    return distances
+    return distances / strides[..., None]
 
 
 def decode_distances(centers, distances, strides):

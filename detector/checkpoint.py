@@ -9,11 +9,13 @@ import os
 
 import torch
 
+from .errors import UserError
+
 REQUIRED_KEYS = ("model", "config")
 RESUME_KEYS = ("model", "criterion", "optimizer", "epoch", "iteration", "config")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing or unusable; the message names the file."""
 
 

@@ -3,8 +3,11 @@
     cfg = load_config("gfl_r50.yaml", ["optim.lr=0.02", "data.batch_size=4"])
 
 A YAML file may name one `base: other.yaml` (relative to itself); the base may not name another.
-Values are checked against the dataclass field types; an unknown key is an error that names it and
-suggests the nearest valid keys. Defaults are the COCO 1x RetinaNet R50 settings of REFERENCE.md.
+Values are checked against the dataclass field types (a Literal field states its choices); an unknown key
+or value is an error that names it and suggests the nearest valid one. A value that names an implementation
+(a ResNet depth, a head type, an assigner, a dataset, an optimizer) is checked by `choose` against the
+registry that holds the implementations, where it is built (and before a run starts: detector.check_model_config,
+data.build.check_data_config). Defaults are the COCO 1x RetinaNet R50 settings of REFERENCE.md.
 """
 import dataclasses
 import difflib
@@ -13,21 +16,37 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
+from typing import Literal
 
 import yaml
+
+from .errors import UserError
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that cannot be used; the message names the key."""
+
+
+def choose(registry, value, key):
+    """registry[value] (or value, for a tuple of names) for a config value naming an implementation; otherwise a
+    ConfigError that names the key, the valid values (the registry's keys, the one place they are listed) and
+    the nearest one."""
+    if value in registry:
+        return registry[value] if isinstance(registry, dict) else value
+    valid = list(registry)
+    nearby = difflib.get_close_matches(str(value), [str(v) for v in valid], n=1, cutoff=0.5)
+    hint = f"; did you mean {nearby[0]!r}?" if nearby else ""
+    raise ConfigError(f"config key '{key}' must be one of {valid}, got {value!r}{hint}")
 
 
 @dataclass
 class BackboneConfig:
-    depth: int = 50                      # ResNet-18/34/50/101 from torchvision
+    depth: int = 50                      # ResNet-18/34/50/101 from torchvision (backbone.RESNETS)
     frozen_stages: int = 1               # stem + stage 1 frozen (reference); -1 trains everything
-    norm: str = "frozen_bn"              # frozen_bn (reference, pretrained) | bn (trainable, from scratch)
+    norm: str = "bn"                     # bn (reference) | frozen_bn (affine fixed too, torchvision / detectron2)
+    norm_eval: bool = True               # BN statistics frozen (reference, pretrained); false: trained (from scratch)
     pretrained: typing.Optional[str] = "torchvision"  # 'torchvision' ImageNet weights | a local .pth path | null
     zero_init_residual: bool = False     # from scratch: each block's last BN gamma starts at 0 (block = identity)
 
@@ -35,15 +54,15 @@ class BackboneConfig:
 @dataclass
 class FPNConfig:
     out_channels: int = 256
-    extra_from: str = "c5"               # P6 from 'c5' (RetinaNet) or from 'p5' (ATSS, GFL)
+    extra_from: str = "c5"               # P6 from 'c5' (RetinaNet) or from 'p5' (ATSS, GFL); P7 = conv(P6)
 
 
 @dataclass
 class HeadConfig:
-    type: str = "retinanet"              # retinanet | atss | gfl
+    type: str = "retinanet"              # retinanet | atss | gfl (detector.HEAD_TYPES)
     stacked_convs: int = 4
     feat_channels: int = 256
-    norm: typing.Optional[str] = None    # None (RetinaNet) | gn (GroupNorm(32), ATSS and GFL)
+    norm: typing.Optional[str] = None    # null (RetinaNet) | gn (GroupNorm(32), ATSS and GFL)
     prior_prob: float = 0.01             # classification bias b = -log((1 - pi) / pi)
     reg_max: int = 16                    # GFL: distances in 0..reg_max stride units (reg_max + 1 bins)
 
@@ -59,13 +78,15 @@ class AnchorConfig:
 
 @dataclass
 class AssignerConfig:
-    type: str = "max_iou"                # max_iou | atss
+    type: str = "max_iou"                # max_iou | atss (criterion.ASSIGNERS)
     pos_iou_thr: float = 0.5
     neg_iou_thr: float = 0.4
     min_pos_iou: float = 0.0
-    low_quality: str = "mmdet"           # mmdet | torchvision | none (low-quality matches of max-IoU)
+    low_quality: Literal["mmdet", "torchvision", "none"] = "mmdet"  # low-quality matches of max-IoU
     topk: int = 9                        # ATSS candidates per level (x anchors per location)
-    crowd_iof_thr: float = 0.5           # anchors this much inside a crowd box are ignored, not negative
+    # Crowd (iscrowd) boxes are never positives. mmdetection also leaves them out of the negatives' side of
+    # assignment (-1: anchors on a crowd are ordinary negatives); >= 0: anchors with this IoF are ignored.
+    crowd_iof_thr: float = -1.0
 
 
 @dataclass
@@ -99,7 +120,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "coco"                # coco | shapes (embedded synthetic set, generated on first use)
+    dataset: str = "coco"                # coco | shapes (embedded synthetic set, generated on first use): data.build
     train_images: str = "datasets/coco/train2017"
     train_ann: str = "datasets/coco/annotations/instances_train2017.json"
     val_images: str = "datasets/coco/val2017"
@@ -108,7 +129,7 @@ class DataConfig:
     shapes_num_train: int = 1200
     shapes_num_val: int = 200
     train_short_sides: typing.List[int] = field(default_factory=lambda: [800])
-    short_side_mode: str = "choice"      # choice: one of train_short_sides | range: uniform in [min, max]
+    short_side_mode: Literal["choice", "range"] = "choice"  # one of train_short_sides | uniform in [min, max]
     max_size: int = 1333
     test_short_side: int = 800
     flip_prob: float = 0.5
@@ -121,7 +142,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    type: str = "sgd"                    # sgd (reference) | adamw (e.g. for training from scratch)
+    type: str = "sgd"                    # sgd (reference) | adamw (engine.OPTIMIZERS)
     lr: float = 0.01                     # at base_batch_size; scaled linearly to the real total batch
     base_batch_size: int = 16
     momentum: float = 0.9                # SGD momentum
@@ -129,7 +150,7 @@ class OptimConfig:
     weight_decay: float = 1e-4
     warmup_iters: int = 500
     warmup_ratio: float = 0.001          # warmup starts at warmup_ratio x lr
-    schedule: str = "step"               # step (reference): x gamma at milestones | cosine: to min_lr_ratio x lr
+    schedule: Literal["step", "cosine"] = "step"  # x gamma at milestones (reference) | cosine to min_lr_ratio x lr
     milestones: typing.List[int] = field(default_factory=lambda: [8, 11])  # epochs where lr x gamma (step)
     min_lr_ratio: float = 0.01           # cosine: the last iteration's lr / lr
     gamma: float = 0.1
@@ -141,11 +162,13 @@ class TrainConfig:
     epochs: int = 12
     eval_interval: int = 12              # evaluate every N epochs (and always at the end)
     checkpoint_interval: int = 1         # keep epoch_N.pth every N epochs (last.pth always)
-    save_optimizer: str = "last"         # last: only last.pth keeps optimizer state (resume); all: epoch_N.pth too
+    save_optimizer: Literal["last", "all"] = "last"  # optimizer state in last.pth only (resume), or in epoch_N.pth too
     log_interval: int = 50
     seed: int = 0
-    device: str = "auto"                 # auto | cpu | cuda
-    amp: typing.Union[str, bool] = "auto"  # auto | bf16 | fp16 | off (detector/precision.py); true = auto, false = off
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Precision (detector/precision.py): auto = bf16 where the hardware has it natively, fp16 + GradScaler on older
+    # GPUs, fp32 otherwise. YAML true / false (and `off`, which YAML reads as false) mean auto / off.
+    amp: typing.Union[Literal["auto", "bf16", "fp16", "off"], bool] = "auto"
     channels_last: bool = False          # NHWC tensors: faster convolutions on CPUs (oneDNN) and with AMP on GPUs
     max_iters: typing.Optional[int] = None  # stop early after this many iterations (tests, smoke runs)
 
@@ -220,6 +243,8 @@ def _type_ok(value, annotation):
     origin = typing.get_origin(annotation)
     if annotation is typing.Any:
         return True
+    if origin is Literal:
+        return value in typing.get_args(annotation) and not isinstance(value, bool)
     if origin in (typing.Union, types.UnionType):
         return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
     if annotation is type(None):
@@ -236,7 +261,15 @@ def _type_ok(value, annotation):
     return isinstance(value, annotation)
 
 
+def _literal_choices(annotation):
+    """The choices of a Literal annotation (or of a Literal inside a Union); [] for other types."""
+    return [choice for arg in (annotation, *typing.get_args(annotation)) if typing.get_origin(arg) is Literal
+            for choice in typing.get_args(arg)]
+
+
 def _type_name(annotation):
+    if _literal_choices(annotation):
+        return f"one of {_literal_choices(annotation)}"
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
@@ -261,7 +294,11 @@ def _apply(instance, data, prefix):
                 raise ConfigError(f"config key '{dotted}' must be a mapping, got {value!r}")
             value = _apply(getattr(instance, key), value, dotted + ".")
         elif not _type_ok(value, annotation):
-            raise ConfigError(f"config key '{dotted}' expects {_type_name(annotation)}, got {value!r}")
+            choices = _type_name(annotation)
+            nearby = difflib.get_close_matches(str(value), [str(c) for c in _literal_choices(annotation)], n=1,
+                                               cutoff=0.5)
+            hint = f"; did you mean {nearby[0]!r}?" if nearby else ""
+            raise ConfigError(f"config key '{dotted}' expects {choices}, got {value!r}{hint}")
         elif annotation is float and isinstance(value, int):
             value = float(value)
         elif isinstance(value, dict):
@@ -307,24 +344,8 @@ def load_config(path=None, overrides=()):
     return validate(_apply(Config(), data, ""))
 
 
-# Fields restricted to a set of values, and numeric fields with a lower bound: checked after every load,
-# so a typo in a choice is a ConfigError naming the key, not an error deep inside model construction.
-CHOICES = {
-    "model.backbone.depth": (18, 34, 50, 101),
-    "model.backbone.norm": ("frozen_bn", "bn"),
-    "model.fpn.extra_from": ("c5", "p5"),
-    "model.head.type": ("retinanet", "atss", "gfl"),
-    "model.head.norm": (None, "gn"),
-    "model.assigner.type": ("max_iou", "atss"),
-    "model.assigner.low_quality": ("mmdet", "torchvision", "none"),
-    "data.dataset": ("coco", "shapes"),
-    "data.short_side_mode": ("choice", "range"),
-    "optim.type": ("sgd", "adamw"),
-    "optim.schedule": ("step", "cosine"),
-    "train.device": ("auto", "cpu", "cuda"),
-    "train.amp": ("auto", "bf16", "fp16", "off"),
-    "train.save_optimizer": ("last", "all"),
-}
+# Numeric fields with a lower bound: checked after every load, so a bad value is a ConfigError naming the key,
+# not an error deep inside model construction. (Choices are Literal fields above, or registries: see `choose`.)
 MINIMUM = {
     "model.backbone.frozen_stages": -1, "model.fpn.out_channels": 1, "model.head.stacked_convs": 0,
     "model.head.feat_channels": 1, "model.head.reg_max": 1, "model.anchors.scales_per_octave": 1,
@@ -346,9 +367,6 @@ def validate(cfg):
     """Check choices, bounds and cross-field rules; the first problem is a ConfigError naming the key."""
     if isinstance(cfg.train.amp, bool):  # YAML reads `off` as false; earlier configs said true / false
         cfg.train.amp = "auto" if cfg.train.amp else "off"
-    for key, choices in CHOICES.items():
-        if _get(cfg, key) not in choices:
-            raise ConfigError(f"config key '{key}' must be one of {list(choices)}, got {_get(cfg, key)!r}")
     for key, minimum in MINIMUM.items():
         value = _get(cfg, key)
         if value is not None and value < minimum:

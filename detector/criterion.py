@@ -1,29 +1,32 @@
-"""Criteria: assignment -> targets -> losses -> normalisation, one class per head family.
+"""Criteria: assignment -> targets -> losses -> normalisation, one class per loss structure.
 
     losses = criterion(outputs, targets)    # dict: 'loss_*' terms (weighted) and detached statistics
 
-targets (data/collate.py): boxes [B, M, 4], labels [B, M], valid [B, M], crowd [B, M].
-Normalisation (mmdetection, REFERENCE.md): classification and RetinaNet box losses are divided by the
-number of positives averaged over ranks (at least 1); ATSS box losses by the sum of centerness
-targets, GFL box and DFL losses by the sum of the detached max class scores, both averaged over ranks
-and clamped at 1 as mmdetection does. With no positive the box losses are exactly 0 and still in the graph.
+targets (data/collate.py): boxes [B, M, 4], labels [B, M], valid [B, M], crowd [B, M], and pad_sizes [B, 2]
+(each image's size rounded up to the size divisor; absent: the whole batch tensor is the image).
+The head family (detector/families.py) decodes and encodes boxes and says whether classification targets
+are one-hot or soft; the criterion never asks which head it trains.
+
+Normalisation, as mmdetection 3.3 (REFERENCE.md), written once in `num_positives`: classification losses,
+RetinaNet's box loss and ATSS's centerness loss are divided by the sum over images of max(positives, 1),
+averaged over ranks and at least 1. ATSS box losses are divided by the sum of centerness targets, GFL box and
+DFL losses by the sum of the detached max class scores, both averaged over ranks and clamped at 1. Anchors
+outside an image's own padded area are never positive and take no loss. With no positive the box losses are
+exactly 0 and still in the graph (every parameter gets a gradient under DDP).
 """
 import inspect
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import losses
 
-from .anchors import anchor_centers
-from .assign import atss_assign, max_iou_assign
-from .box_coder import decode_deltas, decode_distances, distribution_integral, encode_deltas, encode_distances
+from .anchors import anchor_centers, inside_padded_images
+from .assign import IGNORE, atss_assign, max_iou_assign
 from .box_ops import box_iou_aligned
 from .config import ConfigError
 from .dist import reduce_mean, reduce_sum
-
-ATSS_DELTA_STDS = (0.1, 0.1, 0.2, 0.2)  # mmdetection's ATSS box coder target_stds
+from .families import at_least_float32
 
 
 def lookup_loss(loss_cfg, kinds, key):
@@ -61,13 +64,38 @@ def centerness_target(centers, boxes):
     return (horizontal.clamp(min=0) * vertical.clamp(min=0)).sqrt()
 
 
-class DenseCriterion(nn.Module):
-    """Shared pieces: loss lookup, assignment, the classification loss and its normaliser."""
+def _assign_max_iou(config, outputs, targets, anchors_valid, anchors_per_location):
+    return max_iou_assign(outputs.anchors, targets["boxes"], targets["valid"], targets["crowd"],
+                          pos_iou_thr=config.pos_iou_thr, neg_iou_thr=config.neg_iou_thr,
+                          min_pos_iou=config.min_pos_iou, low_quality=config.low_quality,
+                          crowd_iof_thr=config.crowd_iof_thr, anchors_valid=anchors_valid)[0]
 
-    def __init__(self, model_cfg, num_classes):
+
+def _assign_atss(config, outputs, targets, anchors_valid, anchors_per_location):
+    return atss_assign(outputs.anchors, outputs.num_per_level, targets["boxes"], targets["valid"],
+                       targets["crowd"], topk=config.topk, anchors_per_location=anchors_per_location,
+                       crowd_iof_thr=config.crowd_iof_thr, anchors_valid=anchors_valid)[0]
+
+
+# model.assigner.type -> assignment of a batch: matched [B, A] (>= 0 GT index, -1 background, -2 ignore)
+ASSIGNERS = {"max_iou": _assign_max_iou, "atss": _assign_atss}
+
+
+class DenseCriterion(nn.Module):
+    """Shared pieces: loss lookup, assignment, the classification loss and its normaliser.
+
+    Subclasses implement forward(outputs, targets) -> dict of 'loss_*' terms and statistics.
+    """
+
+    def __init__(self, model_cfg, family, num_classes):
         super().__init__()
+        self.family = family
         self.num_classes = num_classes
+        if model_cfg.assigner.type not in ASSIGNERS:
+            raise ConfigError(f"model.assigner.type must be one of {sorted(ASSIGNERS)}, "
+                              f"got {model_cfg.assigner.type!r}")
         self.assigner = model_cfg.assigner
+        self.anchor_offset = model_cfg.anchors.offset
         self.anchors_per_location = len(model_cfg.anchors.ratios) * model_cfg.anchors.scales_per_octave
         self.loss_cls, self.loss_box = model_cfg.loss_cls, model_cfg.loss_box
         self.cls_fn = lookup_loss(self.loss_cls, ("classification",), "model.loss_cls.type")
@@ -80,24 +108,17 @@ class DenseCriterion(nn.Module):
             self.register_buffer("efl_pos_neg", torch.ones(num_classes, dtype=torch.float64))
 
     def assign(self, outputs, targets):
-        """matched [B, A]: >= 0 GT index, -1 background, -2 ignore."""
-        config = self.assigner
-        if config.type == "max_iou":
-            matched, _ = max_iou_assign(outputs.anchors, targets["boxes"], targets["valid"], targets["crowd"],
-                                        pos_iou_thr=config.pos_iou_thr, neg_iou_thr=config.neg_iou_thr,
-                                        min_pos_iou=config.min_pos_iou, low_quality=config.low_quality,
-                                        crowd_iof_thr=config.crowd_iof_thr)
-        elif config.type == "atss":
-            matched, _ = atss_assign(outputs.anchors, outputs.num_per_level, targets["boxes"], targets["valid"],
-                                     targets["crowd"], topk=config.topk, anchors_per_location=self.anchors_per_location,
-                                     crowd_iof_thr=config.crowd_iof_thr)
-        else:
-            raise ValueError(f"model.assigner.type must be 'max_iou' or 'atss', got {config.type!r}")
-        return matched
+        """matched [B, A]: >= 0 GT index, -1 background, -2 ignore (anchors outside an image's padded area too)."""
+        anchors_valid = None
+        if targets.get("pad_sizes") is not None:
+            anchors_valid = inside_padded_images(outputs.anchors, outputs.strides, self.anchor_offset,
+                                                 targets["pad_sizes"])
+        return ASSIGNERS[self.assigner.type](self.assigner, outputs, targets, anchors_valid,
+                                             self.anchors_per_location)
 
     def classification_loss(self, logits, cls_targets, valid, num_pos):
         """Sum of the elementwise loss over non-ignored anchors [B, A] / num_pos, times the config weight."""
-        logits, cls_targets = logits[valid].float(), cls_targets[valid]           # [N, C]
+        logits, cls_targets = at_least_float32(logits[valid]), cls_targets[valid]     # [N, C]
         params = dict(self.loss_cls.params)
         if self.loss_cls.type == "equalized_focal":
             params["pos_neg"] = self.efl_pos_neg.to(logits.dtype)
@@ -119,111 +140,113 @@ class DenseCriterion(nn.Module):
     def weighted_box_loss(self, pred_boxes, gt_boxes, pred_codes, target_codes, weights, normaliser):
         """Box loss of the positives [P], each weighted, summed, divided by normaliser, times the config weight.
 
-        Box-space losses (IoU family) compare decoded boxes in fp32; delta-space losses (L1 family)
-        compare the encoded regression targets and are summed over the coordinates.
+        Box-space losses (IoU family) compare decoded boxes in at least fp32; delta-space losses (L1 family)
+        compare the family's codes and are summed over the coordinates.
         """
         if self.box_on_codes:
-            elementwise = self.box_fn(pred_codes.float(), target_codes, **self.loss_box.params).sum(dim=-1)
+            elementwise = self.box_fn(pred_codes, target_codes, **self.loss_box.params).sum(dim=-1)
         else:
-            elementwise = self.box_fn(pred_boxes.float(), gt_boxes.float(), **self.loss_box.params)
+            elementwise = self.box_fn(pred_boxes, gt_boxes, **self.loss_box.params)
         return (elementwise * weights).sum() / normaliser * self.loss_box.weight
 
     def num_positives(self, positive):
-        return reduce_mean(positive.sum().float()).clamp(min=1.0)
+        """Sum over images of max(positives, 1), averaged over ranks, at least 1 (mmdetection's avg_factor)."""
+        return reduce_mean(positive.sum(dim=1).clamp(min=1).sum().float()).clamp(min=1.0)
 
     def one_hot_targets(self, gt_labels, positive, dtype):
         """[B, A, C] one-hot rows for positives, zeros elsewhere."""
-        return F.one_hot(gt_labels.clamp(min=0), self.num_classes).to(dtype) * positive[..., None].to(dtype)
+        classes = torch.arange(self.num_classes, device=gt_labels.device)
+        return ((gt_labels[..., None] == classes) & positive[..., None]).to(dtype)
+
+    def positives(self, outputs, targets):
+        """Assignment and what every criterion gathers from it (positives flattened over the batch: P rows)."""
+        matched = self.assign(outputs, targets)
+        positive, valid = matched >= 0, matched != IGNORE                          # [B, A]
+        batch = positive.shape[0]
+        gt_boxes, gt_labels = gather_gt(matched, targets["boxes"], targets["labels"])
+        dtype = at_least_float32(outputs.box_regression).dtype
+        return {"positive": positive, "valid": valid, "labels": gt_labels,
+                "anchors": outputs.anchors.to(dtype).expand(batch, -1, -1)[positive],   # [P, 4]
+                "strides": outputs.strides.to(dtype).expand(batch, -1)[positive],       # [P]
+                "gt_boxes": gt_boxes[positive].to(dtype),                               # [P, 4]
+                "codes": self.family.codes(outputs.box_regression[positive])}           # [P, 4]
 
 
 class RetinaNetCriterion(DenseCriterion):
     """Focal loss over non-ignored anchors + box loss over positives, both / num_pos (mmdetection RetinaNet)."""
 
     def forward(self, outputs, targets):
-        matched = self.assign(outputs, targets)
-        positive, valid = matched >= 0, matched != -2                            # [B, A]
-        gt_boxes, gt_labels = gather_gt(matched, targets["boxes"], targets["labels"])
-        num_pos = self.num_positives(positive)
-        cls_targets = self.one_hot_targets(gt_labels, positive, torch.float32)
-        anchors = outputs.anchors.expand(positive.shape[0], -1, -1)[positive]      # [P, 4]
-        deltas = outputs.box_regression[positive]                                  # [P, 4]
-        pos_gt = gt_boxes[positive]                                                # [P, 4]
-        loss_box = self.weighted_box_loss(decode_deltas(anchors, deltas.float()), pos_gt, deltas,
-                                          encode_deltas(anchors, pos_gt), 1.0, num_pos)
-        return {"loss_cls": self.classification_loss(outputs.cls_logits, cls_targets, valid, num_pos),
+        pos = self.positives(outputs, targets)
+        num_pos = self.num_positives(pos["positive"])
+        dtype = pos["codes"].dtype
+        cls_targets = self.one_hot_targets(pos["labels"], pos["positive"], dtype)
+        pred_boxes = self.family.decode(pos["anchors"], pos["strides"], pos["codes"])
+        target_codes = self.family.encode(pos["anchors"], pos["strides"], pos["gt_boxes"])
+        loss_box = self.weighted_box_loss(pred_boxes, pos["gt_boxes"], pos["codes"], target_codes, 1.0, num_pos)
+        return {"loss_cls": self.classification_loss(outputs.cls_logits, cls_targets, pos["valid"], num_pos),
                 "loss_box": loss_box, "num_pos": num_pos}
 
 
-class ATSSCriterion(DenseCriterion):
-    """ATSS (mmdetection ATSSHead.loss): focal / num_pos; GIoU weighted by the centerness target and
+class CenternessCriterion(DenseCriterion):
+    """ATSS (mmdetection ATSSHead.loss): focal / num_pos; box loss weighted by the centerness target and
     divided by the sum of centerness targets; centerness BCE / num_pos."""
 
-    def __init__(self, model_cfg, num_classes):
-        super().__init__(model_cfg, num_classes)
+    def __init__(self, model_cfg, family, num_classes):
+        super().__init__(model_cfg, family, num_classes)
         self.loss_centerness = model_cfg.loss_centerness
         self.centerness_fn = lookup_loss(self.loss_centerness, ("classification",), "model.loss_centerness.type")
 
     def forward(self, outputs, targets):
-        matched = self.assign(outputs, targets)
-        positive, valid = matched >= 0, matched != -2
-        gt_boxes, gt_labels = gather_gt(matched, targets["boxes"], targets["labels"])
-        num_pos = self.num_positives(positive)
-        cls_targets = self.one_hot_targets(gt_labels, positive, torch.float32)
-        anchors = outputs.anchors.expand(positive.shape[0], -1, -1)[positive]      # [P, 4]
-        stds = anchors.new_tensor(ATSS_DELTA_STDS)
-        deltas = outputs.box_regression[positive].float()                          # [P, 4]
-        pos_gt = gt_boxes[positive]
-        centerness = centerness_target(anchor_centers(anchors), pos_gt)            # [P]
+        pos = self.positives(outputs, targets)
+        num_pos = self.num_positives(pos["positive"])
+        dtype = pos["codes"].dtype
+        cls_targets = self.one_hot_targets(pos["labels"], pos["positive"], dtype)
+        centerness = centerness_target(anchor_centers(pos["anchors"]), pos["gt_boxes"])      # [P]
         normaliser = reduce_mean(centerness.sum()).clamp(min=1.0)
-        loss_box = self.weighted_box_loss(decode_deltas(anchors, deltas * stds), pos_gt, deltas,
-                                          encode_deltas(anchors, pos_gt) / stds, centerness, normaliser)
-        pred_centerness = outputs.centerness[positive].float()                     # [P]
-        loss_centerness = self.centerness_fn(pred_centerness, centerness, **self.loss_centerness.params).sum() / num_pos
-        return {"loss_cls": self.classification_loss(outputs.cls_logits, cls_targets, valid, num_pos),
-                "loss_box": loss_box, "loss_centerness": loss_centerness * self.loss_centerness.weight,
+        pred_boxes = self.family.decode(pos["anchors"], pos["strides"], pos["codes"])
+        target_codes = self.family.encode(pos["anchors"], pos["strides"], pos["gt_boxes"])
+        loss_box = self.weighted_box_loss(pred_boxes, pos["gt_boxes"], pos["codes"], target_codes, centerness,
+                                          normaliser)
+        pred_centerness = at_least_float32(outputs.centerness[pos["positive"]])               # [P]
+        loss_centerness = self.centerness_fn(pred_centerness, centerness, **self.loss_centerness.params).sum()
+        return {"loss_cls": self.classification_loss(outputs.cls_logits, cls_targets, pos["valid"], num_pos),
+                "loss_box": loss_box,
+                "loss_centerness": loss_centerness / num_pos * self.loss_centerness.weight,
                 "num_pos": num_pos}
 
 
-class GFLCriterion(DenseCriterion):
+class QualityCriterion(DenseCriterion):
     """Generalized Focal Loss (mmdetection GFLHead.loss): QFL with the detached IoU of the decoded
-    prediction as soft target / num_pos; GIoU and DFL weighted by the detached max class score w and
+    prediction as soft target / num_pos; box loss and DFL weighted by the detached max class score w and
     divided by the sum of w; DFL averages the four sides."""
 
-    def __init__(self, model_cfg, num_classes):
-        super().__init__(model_cfg, num_classes)
-        self.reg_max = model_cfg.head.reg_max
+    def __init__(self, model_cfg, family, num_classes):
+        super().__init__(model_cfg, family, num_classes)
         self.loss_dfl = model_cfg.loss_dfl
         self.dfl_fn = lookup_loss(self.loss_dfl, ("distribution",), "model.loss_dfl.type")
 
     def forward(self, outputs, targets):
-        matched = self.assign(outputs, targets)
-        positive, valid = matched >= 0, matched != -2
-        batch = positive.shape[0]
-        gt_boxes, gt_labels = gather_gt(matched, targets["boxes"], targets["labels"])
+        pos = self.positives(outputs, targets)
+        positive = pos["positive"]
         num_pos = self.num_positives(positive)
-        centers = anchor_centers(outputs.anchors).expand(batch, -1, -1)[positive]  # [P, 2]
-        strides = outputs.strides.expand(batch, -1)[positive]                      # [P]
-        logits = outputs.box_regression[positive].float()                          # [P, 4 * R]
-        pred_distances = distribution_integral(logits)                             # [P, 4] stride units
-        pred_boxes = decode_distances(centers, pred_distances, strides)            # [P, 4] pixels
-        pos_gt = gt_boxes[positive]                                                # [P, 4]
+        dtype = pos["codes"].dtype
+        pred_boxes = self.family.decode(pos["anchors"], pos["strides"], pos["codes"])   # [P, 4] pixels
 
         # QFL soft target: IoU of the (detached) decoded prediction with its GT, at the GT class only.
-        quality = box_iou_aligned(pred_boxes.detach(), pos_gt).clamp(min=0)
-        cls_targets = torch.zeros_like(outputs.cls_logits, dtype=torch.float32)
-        cls_targets[positive] = self.one_hot_targets(gt_labels[positive], torch.ones_like(quality, dtype=torch.bool),
-                                                     torch.float32) * quality[:, None]
-        loss_cls = self.classification_loss(outputs.cls_logits, cls_targets, valid, num_pos)
+        quality = box_iou_aligned(pred_boxes.detach(), pos["gt_boxes"]).clamp(min=0)     # [P]
+        cls_targets = self.one_hot_targets(pos["labels"], positive, dtype)               # [B, A, C]
+        cls_targets[positive] *= quality[:, None]
+        loss_cls = self.classification_loss(outputs.cls_logits, cls_targets, pos["valid"], num_pos)
 
-        weights = outputs.cls_logits[positive].detach().float().sigmoid().amax(dim=-1)  # [P]
+        weights = at_least_float32(outputs.cls_logits[positive].detach()).sigmoid().amax(dim=-1)  # [P]
         normaliser = reduce_mean(weights.sum()).clamp(min=1.0)
-        raw_distances = encode_distances(centers, pos_gt, strides)                 # [P, 4] before clamping
-        target_distances = raw_distances.clamp(min=0, max=self.reg_max - 0.01)
-        loss_box = self.weighted_box_loss(pred_boxes, pos_gt, pred_distances, target_distances, weights, normaliser)
-        dfl = self.dfl_fn(logits.reshape(-1, self.reg_max + 1), target_distances.reshape(-1), **self.loss_dfl.params)
+        raw_distances = self.family.encode(pos["anchors"], pos["strides"], pos["gt_boxes"], clamp=False)
+        target_distances = self.family.encode(pos["anchors"], pos["strides"], pos["gt_boxes"])  # [P, 4] clamped
+        loss_box = self.weighted_box_loss(pred_boxes, pos["gt_boxes"], pos["codes"], target_distances, weights,
+                                          normaliser)
+        bins = self.family.reg_max + 1
+        logits = at_least_float32(outputs.box_regression[positive]).reshape(-1, bins)          # [P * 4, R]
+        dfl = self.dfl_fn(logits, target_distances.reshape(-1), **self.loss_dfl.params)
         loss_dfl = (dfl.reshape(-1, 4).mean(dim=1) * weights).sum() / normaliser * self.loss_dfl.weight
         return {"loss_cls": loss_cls, "loss_box": loss_box, "loss_dfl": loss_dfl, "num_pos": num_pos,
-                "dfl_clamped": (raw_distances > self.reg_max - 0.01).sum().float()}
-
-
-CRITERIA = {"retinanet": RetinaNetCriterion, "atss": ATSSCriterion, "gfl": GFLCriterion}
+                "dfl_clamped": (raw_distances > self.family.reg_max - self.family.DFL_EPS).sum().float()}

@@ -40,5 +40,6 @@ class Detector(nn.Module):
         """images [B, 3, H, W] normalised and padded -> HeadOutputs."""
         features = self.fpn(self.backbone(images))                   # P3..P7, [B, F, H / s, W / s]
         cls_logits, box_regression, centerness = self.head(features)
-        anchors, strides, num_per_level = self.anchor_generator([f.shape[-2:] for f in features], images.device)
+        anchors, strides, num_per_level = self.anchor_generator([f.shape[-2:] for f in features], images.device,
+                                                                torch.promote_types(images.dtype, torch.float32))
         return HeadOutputs(cls_logits, box_regression, centerness, anchors, strides, num_per_level)

@@ -9,11 +9,22 @@ import time
 import torch
 from tqdm import tqdm
 
-from data.evaluation import coco_evaluate
-
 from . import dist
+from .config import choose
 
 logger = logging.getLogger("focaldet")
+
+
+OPTIMIZERS = {  # optim.type -> optimizer over the trainable parameters at learning rate lr
+    "sgd": lambda parameters, lr, cfg: torch.optim.SGD(parameters, lr=lr, momentum=cfg.momentum,
+                                                       weight_decay=cfg.weight_decay),
+    "adamw": lambda parameters, lr, cfg: torch.optim.AdamW(parameters, lr=lr, betas=tuple(cfg.betas),
+                                                           weight_decay=cfg.weight_decay),
+}
+
+
+def build_optimizer(parameters, lr, optim_cfg):
+    return choose(OPTIMIZERS, optim_cfg.type, "optim.type")(parameters, lr, optim_cfg)
 
 
 def learning_rate(iteration, base_lr, optim_cfg, iters_per_epoch, epochs):
@@ -118,9 +129,11 @@ def to_coco_results(detections, image_ids, cat_ids):
 
 
 @torch.no_grad()
-def evaluate(model, postprocessor, loader, dataset, device, precision=None, channels_last=False):
-    """Inference sharded over ranks, gathered on rank 0, COCOeval there.
+def evaluate(model, postprocessor, loader, cat_ids, evaluator, device, precision=None, channels_last=False):
+    """Inference sharded over ranks, gathered on rank 0, scored there by `evaluator`.
 
+    cat_ids: the dataset category id of each contiguous label. evaluator: callable (COCO-format results, log)
+    -> metrics dict (data.build.build_evaluator: COCOeval, or LVISEval for LVIS).
     precision: detector.precision.Precision of the forward pass (None: fp32).
     Returns (metrics dict or None on other ranks, COCO-format detections or None).
     """
@@ -131,14 +144,13 @@ def evaluate(model, postprocessor, loader, dataset, device, precision=None, chan
         images = images_to(images, device, channels_last)
         with precision.autocast(device) if precision is not None else contextlib.nullcontext():
             outputs = model(images)
-        detections = postprocessor(outputs, targets["image_sizes"].to(device), targets["scales"].to(device),
-                                   targets["orig_sizes"].to(device))
-        results.extend(to_coco_results(detections, targets["image_ids"].tolist(), dataset.cat_ids))
+        detections = postprocessor(outputs, targets["image_sizes"].to(device), targets["scale_factors"].to(device))
+        results.extend(to_coco_results(detections, targets["image_ids"].tolist(), cat_ids))
     gathered = dist.all_gather_objects(results)
     if not dist.is_main_process():
         return None, None
     results = [r for part in gathered for r in part]
-    metrics = coco_evaluate(dataset.coco, results, class_names=dataset.class_names, log=logger.info)
+    metrics = evaluator(results, log=logger.info)
     metrics = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) if k != "per_class" else v
                for k, v in metrics.items()}
     return metrics, results

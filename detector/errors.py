@@ -2,15 +2,15 @@
 import os
 import sys
 
-from data.coco import DatasetError
 
-from .backbone import PretrainedWeightsError
-from .checkpoint import CheckpointError
-from .config import ConfigError
+class UserError(Exception):
+    """Base of the errors a user can fix (config, dataset, checkpoint, weights): reported as one line.
+    Subclasses: detector.config.ConfigError, data.coco.DatasetError, detector.checkpoint.CheckpointError,
+    detector.backbone.PretrainedWeightsError."""
+
 
 # FloatingPointError: a diverged training (non-finite loss), reported with the iteration and the losses.
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, PretrainedWeightsError, FileNotFoundError,
-               FloatingPointError)
+USER_ERRORS = (UserError, FileNotFoundError, FloatingPointError)
 
 
 def run_cli(main):

@@ -20,17 +20,22 @@ class Scale(nn.Module):
         return x * self.scale
 
 
+def group_norm(channels):
+    """GroupNorm with 32 groups (reference) when there are >= 2 channels per group; fewer for slim demo heads."""
+    return nn.GroupNorm(math.gcd(32, channels // 2), channels)
+
+
+HEAD_NORMS = {None: None, "gn": group_norm}  # model.head.norm: none (RetinaNet) or GroupNorm (ATSS, GFL)
+
+
 def tower(in_channels, feat_channels, stacked_convs, norm):
-    """stacked_convs x (conv3x3 [+ GroupNorm(32)] + ReLU); the conv has no bias when a norm follows."""
+    """stacked_convs x (conv3x3 [+ norm] + ReLU); the conv has no bias when a norm follows."""
     layers = []
     for i in range(stacked_convs):
         channels = in_channels if i == 0 else feat_channels
         layers.append(nn.Conv2d(channels, feat_channels, 3, padding=1, bias=norm is None))
-        if norm == "gn":
-            # 32 groups (reference) when there are >= 2 channels per group; fewer for slim demo heads.
-            layers.append(nn.GroupNorm(math.gcd(32, feat_channels // 2), feat_channels))
-        elif norm is not None:
-            raise ValueError(f"model.head.norm must be null or 'gn', got {norm!r}")
+        if norm is not None:
+            layers.append(HEAD_NORMS[norm](feat_channels))
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
 
@@ -50,19 +55,20 @@ class DenseHead(nn.Module):
 
     Outputs (all flat over anchors, see flatten_levels):
         cls_logits      [B, A, C]   RetinaNet / ATSS: class logits; GFL: joint class-quality logits
-        box_regression  [B, A, 4]   deltas (RetinaNet, ATSS), or [B, A, 4 * R] distribution logits (GFL)
+        box_regression  [B, A, box_channels]  deltas (4: RetinaNet, ATSS), or 4 * R distribution logits (GFL);
+                        box_channels comes from the head family (detector/families.py)
         centerness      [B, A]      ATSS only, else None
     """
 
-    box_channels = 4
     use_scale = False
     use_centerness = False
 
-    def __init__(self, in_channels, num_classes, num_anchors, feat_channels=256, stacked_convs=4,
+    def __init__(self, in_channels, num_classes, num_anchors, box_channels=4, feat_channels=256, stacked_convs=4,
                  norm=None, prior_prob=0.01, num_levels=5):
         super().__init__()
         self.num_classes = num_classes
         self.num_anchors = num_anchors
+        self.box_channels = box_channels
         self.cls_tower = tower(in_channels, feat_channels, stacked_convs, norm)
         self.reg_tower = tower(in_channels, feat_channels, stacked_convs, norm)
         self.cls_out = nn.Conv2d(feat_channels, num_anchors * num_classes, 3, padding=1)
@@ -105,13 +111,7 @@ class ATSSHead(DenseHead):
 
 
 class GFLHead(DenseHead):
-    """Generalized Focal Loss (Li et al. 2020): joint class-quality logits and 4 x R distribution logits."""
+    """Generalized Focal Loss (Li et al. 2020): joint class-quality logits and 4 x R distribution logits
+    (box_channels = 4 (reg_max + 1), from GFLFamily), a per-level Scale on them."""
 
     use_scale = True
-
-    def __init__(self, *args, reg_max=16, **kwargs):
-        self.box_channels = 4 * (reg_max + 1)
-        super().__init__(*args, **kwargs)
-
-
-HEADS = {"retinanet": RetinaNetHead, "atss": ATSSHead, "gfl": GFLHead}

@@ -19,7 +19,6 @@ import torch
 
 logger = logging.getLogger("focaldet")
 
-AMP_MODES = ("auto", "bf16", "fp16", "off")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
@@ -60,9 +59,8 @@ def cuda_native_bf16(device):
 
 
 def choose_precision(amp, device):
-    """The Precision for config value `amp` (one of AMP_MODES) on `device`, warning when it will be slow."""
-    if amp not in AMP_MODES:
-        raise ValueError(f"train.amp must be one of {list(AMP_MODES)}, got {amp!r}")
+    """The Precision for config value `amp` (auto | bf16 | fp16 | off, train.amp) on `device`, warning when it
+    will be slow."""
     if amp == "off":
         return Precision("fp32", "train.amp=off")
     if device.type == "cuda":

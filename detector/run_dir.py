@@ -1,6 +1,6 @@
 """The run directory (<work_dir>): checked before anything is written to it, and what a run records there.
 
-    check_config(cfg)                       # loss names and combinations, data / weight paths (no I/O of data)
+    check_config(cfg)                       # registry names, loss names and combinations, weight paths
     checkpoint = check_resume(path, cfg)    # the file to resume from is a resumable checkpoint of this model
     check_run_dir(work_dir, cfg)            # refuse a directory that holds another config's run
     write_run_info(work_dir, info)          # run_info.json: precision and why, device, CPU, torch version
@@ -13,10 +13,8 @@ import os
 
 import yaml
 
-from data.coco import DatasetError
-
 from .checkpoint import RESUME_KEYS, CheckpointError, load_checkpoint
-from .config import ConfigError, config_from_dict, config_to_dict
+from .config import ConfigError, choose, config_from_dict, config_to_dict
 
 # What makes two configs "the same run": the config name, the model (but the initial weights' source and the
 # test-time thresholds) and the dataset (which set, which files). Everything else may change between a run
@@ -27,19 +25,13 @@ IGNORED_KEYS = ("model.backbone.pretrained", "model.test.")
 
 
 def check_config(cfg):
-    """Everything about `cfg` that can be checked without reading a dataset; a problem is a one-line error."""
+    """Everything about the model and optimisation in `cfg` that can be checked without building the model or
+    reading data (data.build.check_data_config checks the data section); a problem is a one-line error."""
     from . import build_criterion
+    from .engine import OPTIMIZERS
 
-    build_criterion(cfg.model, num_classes=1)  # loss names, their parameters and the head/loss combination
-    if cfg.data.dataset == "coco":
-        for key in ("train_ann", "val_ann"):
-            path = getattr(cfg.data, key)
-            if not os.path.isfile(path):
-                raise DatasetError(f"{path}: annotation file not found (data.{key})")
-        for key in ("train_images", "val_images"):
-            path = getattr(cfg.data, key)
-            if not os.path.isdir(path):
-                raise DatasetError(f"{path}: image directory not found (data.{key})")
+    build_criterion(cfg.model, num_classes=1)  # registry names, loss names, parameters, head/loss combination
+    choose(OPTIMIZERS, cfg.optim.type, "optim.type")
     pretrained = cfg.model.backbone.pretrained
     if pretrained not in (None, "torchvision") and not os.path.isfile(pretrained):
         raise ConfigError(f"model.backbone.pretrained: weights file not found: {pretrained} "

@@ -44,8 +44,8 @@ def random_batch(batch_size, height, width, num_classes, boxes_per_image, genera
         "valid": torch.ones(batch_size, boxes_per_image, dtype=torch.bool),
         "crowd": torch.zeros(batch_size, boxes_per_image, dtype=torch.bool),
         "image_sizes": torch.tensor([[height, width]] * batch_size),
-        "scales": torch.ones(batch_size),
-        "orig_sizes": torch.tensor([[height, width]] * batch_size),
+        "pad_sizes": torch.tensor([[height, width]] * batch_size),
+        "scale_factors": torch.ones(batch_size, 2, dtype=torch.float64),
     }
     return images, targets
 
@@ -138,7 +138,7 @@ def main():
     def inference_step():
         with precision.autocast(device):
             outputs = model(images)
-        postprocessor(outputs, targets["image_sizes"], targets["scales"], targets["orig_sizes"])
+        postprocessor(outputs, targets["image_sizes"], targets["scale_factors"])
 
     machine, capability = machine_facts(device)
     print(f"{cfg.name}: {cfg.model.head.type} R{cfg.model.backbone.depth}, batch {batch_size} x {height}x{width}, "

@@ -22,7 +22,6 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -137,7 +136,7 @@ class Ours:
     def __init__(self, head, args, num_classes):
         config = args.ours_config.get(head, OURS[head])
         overrides = [f"model.backbone.depth={args.depth}", "model.backbone.frozen_stages=-1",
-                     "model.backbone.norm=bn", "model.backbone.pretrained=null",
+                     "model.backbone.norm=bn", "model.backbone.norm_eval=false", "model.backbone.pretrained=null",
                      f"model.fpn.out_channels={args.feat_channels}", f"model.head.feat_channels={args.feat_channels}",
                      f"model.test.score_thr={args.score_thr}"] + list(args.set)
         self.cfg = load_config(config, overrides)
@@ -152,7 +151,7 @@ class Ours:
         return {k: v for k, v in losses.items() if k.startswith("loss_")}
 
     def detect(self, images, targets):
-        return self.postprocessor(self.model(images), targets["image_sizes"], targets["scales"], targets["orig_sizes"])
+        return self.postprocessor(self.model(images), targets["image_sizes"], targets["scale_factors"])
 
 
 class Torchvision:
@@ -189,10 +188,8 @@ class Torchvision:
         image_list, _ = unpad(images, targets)
         outputs = self.model(image_list)   # boxes in network-input pixels (no resize happened)
         detections = []
-        for output, scale, (height, width) in zip(outputs, targets["scales"], targets["orig_sizes"].tolist()):
-            boxes = output["boxes"] / scale
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        for output, scale_factor in zip(outputs, targets["scale_factors"]):
+            boxes = output["boxes"] * (1.0 / scale_factor).to(output["boxes"].dtype).repeat(2)   # as ours
             detections.append({"boxes": boxes, "scores": output["scores"], "labels": output["labels"]})
         return detections
 
@@ -288,7 +285,8 @@ def write_markdown(path, runs, args, machine):
         lines += ["", f"## Per-class AP after {args.iters} iterations", "",
                   "| class | " + " | ".join(run["model"] for run in runs) + " |", "|---|" + "---|" * len(runs)]
         for name in classes:
-            lines.append(f"| {name} | " + " | ".join(fmt(run["curve"][-1]["per_class"].get(name)) for run in runs) + " |")
+            cells = [fmt(run["curve"][-1]["per_class"].get(name)) for run in runs]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "## Models", ""] + [f"- {run['model']}: {run['description']}" for run in runs]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -355,7 +353,8 @@ def main(argv=None):
         write_markdown(os.path.join(args.out, "results.md"), runs, args, machine)
     plotted = plot_curves(os.path.join(args.out, "curves.png"), runs,
                           f"{os.path.basename(os.path.normpath(args.data))}, R{args.depth} from scratch, SGD")
-    log(f"wrote {args.out}/results.md, results.json" + (", curves.png" if plotted else " (no matplotlib: no curves.png)"))
+    log(f"wrote {args.out}/results.md, results.json"
+        + (", curves.png" if plotted else " (no matplotlib: no curves.png)"))
     print(open(os.path.join(args.out, "results.md")).read())
 
 

@@ -17,13 +17,13 @@ def main():
     parser.add_argument("configs", nargs="+")
     parser.add_argument("--num-classes", type=int, default=80)
     args = parser.parse_args()
-    print(f"{'config':<24} {'parameters':>12} {'trainable':>12}")
+    print(f"{'config':<24} {'parameters':>12} {'trainable':>12}")  # every parameter, as mmdetection counts
     for name in args.configs:
         cfg = load_config(name, ["model.backbone.pretrained=null"])
         model = build_model(cfg.model, args.num_classes)
         total = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        print(f"{name:<24} {total / 1e6:>11.2f}M {trainable / 1e6:>11.2f}M")
+        print(f"{name:<24} {total:>12,} {trainable:>12,}")
 
 
 if __name__ == "__main__":

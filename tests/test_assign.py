@@ -1,4 +1,5 @@
 """Tests for detector/assign.py: batched assigners against per-image, per-GT reference loops."""
+import itertools
 import math
 import os
 import sys
@@ -139,7 +140,9 @@ def reference_atss(anchors, counts, boxes, valid, crowd, topk=9, per_location=1,
         for count in counts:
             distance = ((centres[start:start + count] - gt_centre) ** 2).sum(1).sqrt()
             k = min(topk * per_location, count)
-            candidates += (torch.argsort(distance, stable=True)[:k] + start).tolist()
+            # torch.topk as mmdetection calls it: equidistant anchors on the grid are common, and which of them
+            # become candidates is topk's choice (the nearest k are the same set either way without ties)
+            candidates += (distance.topk(k, largest=False).indices + start).tolist()
             start += count
         candidate_ious = ious[candidates]
         threshold = candidate_ious.mean() + candidate_ious.std()
@@ -161,7 +164,7 @@ def test_atss_batched_equals_reference(seed, anchors_per_location):
     assert min(counts) < 9 * anchors_per_location                 # one level smaller than k
     gt_boxes, gt_valid, gt_crowd = random_scene(seed)
     matched, thresholds = atss_assign(anchors, counts, gt_boxes, gt_valid, gt_crowd,
-                                      anchors_per_location=anchors_per_location)
+                                      anchors_per_location=anchors_per_location, crowd_iof_thr=0.5)
     assert matched.shape == (3, anchors.shape[0]) and matched.dtype == torch.long
     assert thresholds.shape == (3, gt_boxes.shape[1])
     for image in range(3):
@@ -180,7 +183,7 @@ def test_atss_batched_equals_reference(seed, anchors_per_location):
 def test_max_iou_batched_equals_reference(seed, variant, anchors_per_location):
     anchors, _ = retina_anchors(anchors_per_location)
     gt_boxes, gt_valid, gt_crowd = random_scene(seed, gt_counts=(4, 0, 6))
-    matched, max_iou = max_iou_assign(anchors, gt_boxes, gt_valid, gt_crowd, low_quality=variant)
+    matched, max_iou = max_iou_assign(anchors, gt_boxes, gt_valid, gt_crowd, low_quality=variant, crowd_iof_thr=0.5)
     assert matched.shape == max_iou.shape == (3, anchors.shape[0])
     for image in range(3):
         expected = reference_max_iou(anchors, gt_boxes[image], gt_valid[image], gt_crowd[image], variant)
@@ -207,17 +210,65 @@ def test_crowd_region_is_ignored_and_never_positive():
     gt_valid = torch.tensor([[True, True]])
     gt_crowd = torch.tensor([[True, False]])
     for low_quality in ('mmdet', 'torchvision', 'none'):
-        matched, _ = max_iou_assign(anchors, gt_boxes, gt_valid, gt_crowd, low_quality=low_quality)
+        matched, _ = max_iou_assign(anchors, gt_boxes, gt_valid, gt_crowd, low_quality=low_quality, crowd_iof_thr=0.5)
         assert matched.tolist() == [[-2, -2, -1, 1]]
-    matched, thresholds = atss_assign(anchors, [4], gt_boxes, gt_valid, gt_crowd, topk=2)
+        # mmdetection's default (ignore_iof_thr -1): the crowd box is only never positive
+        matched, _ = max_iou_assign(anchors, gt_boxes, gt_valid, gt_crowd, low_quality=low_quality)
+        assert matched.tolist() == [[-1, -1, -1, 1]]
+    matched, thresholds = atss_assign(anchors, [4], gt_boxes, gt_valid, gt_crowd, topk=2, crowd_iof_thr=0.5)
     assert matched[0, :3].tolist() == [-2, -2, -1] and (matched != 0).all()
     assert thresholds[0, 0] == 0
     # An image with only a crowd box: the crowd rule still applies, nothing is positive.
     only_crowd = torch.tensor([[True, False]])
-    matched, _ = max_iou_assign(anchors, gt_boxes, only_crowd, gt_crowd)
+    matched, _ = max_iou_assign(anchors, gt_boxes, only_crowd, gt_crowd, crowd_iof_thr=0.5)
     assert matched.tolist() == [[-2, -2, -1, -1]]
-    matched, _ = atss_assign(anchors, [4], gt_boxes, only_crowd, gt_crowd, topk=2)
+    matched, _ = atss_assign(anchors, [4], gt_boxes, only_crowd, gt_crowd, topk=2, crowd_iof_thr=0.5)
     assert matched.tolist() == [[-2, -2, -1, -1]]
+
+
+def inside_cells(counts, strides, per_location, pad_w, pad_h):
+    """[A] bool, anchor by anchor in make_anchors' order: its cell (column, row) starts inside pad_w x pad_h."""
+    flags = []
+    for count, stride in zip(counts, strides):
+        columns, rows = math.ceil(IMAGE_WIDTH / stride), math.ceil(IMAGE_HEIGHT / stride)
+        assert count == columns * rows * per_location
+        for row in range(rows):
+            for column in range(columns):
+                flags += [column * stride < pad_w and row * stride < pad_h] * per_location
+    return torch.tensor(flags)
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_anchors_outside_an_images_padded_area_are_ignored_and_never_candidates(seed):
+    """mmdetection assigns only the anchors inside each image's own padded area (valid_flags), with the ATSS
+    k counting those, and gives the others no loss. Reference: the per-image loop run on that subset alone."""
+    strides = [8, 16, 32, 64]
+    anchors, counts = atss_anchors(1)
+    gt_boxes, gt_valid, gt_crowd = random_scene(seed, gt_counts=(4, 3, 0), with_crowd=False)
+    pads = [(128, 96), (64, 64), (96, 32)]                                  # (w, h) of each image's own area
+    valid = torch.stack([inside_cells(counts, strides, 1, w, h) for w, h in pads])   # [B, A]
+    gt_boxes[1, :, 0::2] = gt_boxes[1, :, 0::2].clamp(max=64)              # image 1's GTs lie inside it
+    gt_boxes[1, :, 1::2] = gt_boxes[1, :, 1::2].clamp(max=64)
+    gt_valid[1] &= (gt_boxes[1, :, 2] - gt_boxes[1, :, 0] > 2) & (gt_boxes[1, :, 3] - gt_boxes[1, :, 1] > 2)
+    matched, _ = atss_assign(anchors, counts, gt_boxes, gt_valid, gt_crowd, anchors_valid=valid)
+    for image in range(3):
+        inside = valid[image]
+        starts = [0] + list(itertools.accumulate(counts))
+        inside_counts = [int(inside[a:b].sum()) for a, b in zip(starts[:-1], starts[1:])]
+        expected = torch.full((anchors.shape[0],), -2, dtype=torch.long)
+        expected[inside], _ = reference_atss(anchors[inside], inside_counts, gt_boxes[image], gt_valid[image],
+                                             gt_crowd[image])
+        assert torch.equal(matched[image], expected)
+    assert (matched[1][~valid[1]] == -2).all() and (matched[1] >= 0).any() and (~valid[1]).sum() > 0
+    retina, retina_counts = retina_anchors(3)
+    valid = torch.stack([inside_cells(retina_counts, [8, 16, 32], 3, w, h) for w, h in pads])
+    for variant in ('mmdet', 'torchvision'):
+        matched, _ = max_iou_assign(retina, gt_boxes, gt_valid, gt_crowd, low_quality=variant, anchors_valid=valid)
+        for image in range(3):
+            expected = torch.full((retina.shape[0],), -2, dtype=torch.long)
+            expected[valid[image]] = reference_max_iou(retina[valid[image]], gt_boxes[image], gt_valid[image],
+                                                       gt_crowd[image], variant)
+            assert torch.equal(matched[image], expected)
 
 
 def test_no_gt_gives_all_background():

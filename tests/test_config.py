@@ -5,6 +5,7 @@ import os
 import pytest
 import yaml
 
+from data.build import check_data_config
 from detector.config import (
     CONFIG_DIR,
     Config,
@@ -15,6 +16,7 @@ from detector.config import (
     load_config,
     resolve_config_path,
 )
+from detector.run_dir import check_config
 
 CONFIG_FILES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(CONFIG_DIR, "*.yaml")))
 
@@ -32,9 +34,11 @@ def test_defaults_are_the_reference_values():
     assert (optim.warmup_iters, optim.warmup_ratio, optim.gamma) == (500, 0.001, 0.1)
     assert optim.milestones == [8, 11] and cfg.train.epochs == 12
     assert (test.score_thr, test.nms_pre, test.max_per_img, test.nms_iou) == (0.05, 1000, 100, 0.5)
-    # RetinaNet reference model: frozen stem + stage 1 with FrozenBN, 9 anchors of 4 * 2^(k/3) * stride.
+    # RetinaNet reference model: frozen stem + stage 1, BN with frozen statistics and trained affine terms
+    # (mmdetection's norm_eval), 9 anchors of 4 * 2^(k/3) * stride.
     model = cfg.model
-    assert (model.backbone.depth, model.backbone.frozen_stages, model.backbone.norm) == (50, 1, "frozen_bn")
+    assert (model.backbone.depth, model.backbone.frozen_stages, model.backbone.norm) == (50, 1, "bn")
+    assert model.backbone.norm_eval is True and model.assigner.crowd_iof_thr < 0
     assert (model.head.type, model.head.prior_prob, model.head.reg_max) == ("retinanet", 0.01, 16)
     assert (model.anchors.octave_base_scale, model.anchors.scales_per_octave) == (4.0, 3)
     assert model.anchors.ratios == [0.5, 1.0, 2.0] and model.anchors.strides == [8, 16, 32, 64, 128]
@@ -150,8 +154,24 @@ def test_wrong_type_names_the_key(override, key):
     ("optim.lr=0", r"'optim.lr' must be > 0"),
 ])
 def test_invalid_choices_and_bounds_name_the_key(override, message):
+    """Bounds are checked on loading; names of implementations by their registries before a run starts."""
     with pytest.raises(ConfigError, match=message):
-        load_config("gfl_r50.yaml", [override])
+        check_config(load_config("gfl_r50.yaml", [override]))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.device=gpu", r"'train.device' expects one of \['auto', 'cpu', 'cuda'\], got 'gpu'"),
+    ("data.short_side_mode=ranges", r"expects one of \['choice', 'range'\], got 'ranges'; did you mean 'range'"),
+    ("model.assigner.low_quality=mmdetection", r"'model.assigner.low_quality' expects one of"),
+    ("model.head.type=gfll", r"'model.head.type' must be one of \['retinanet', 'atss', 'gfl'\], got 'gfll'; "
+                             r"did you mean 'gfl'"),
+    ("data.dataset=cocoo", r"'data.dataset' must be one of \['coco', 'shapes'\], got 'cocoo'; did you mean 'coco'"),
+])
+def test_choices_are_stated_once_and_suggest_the_nearest(override, message):
+    with pytest.raises(ConfigError, match=message):
+        cfg = load_config("gfl_r50.yaml", [override])
+        check_config(cfg)
+        check_data_config(cfg.data)
 
 
 def test_exponent_floats_without_a_dot_are_floats(tmp_path):

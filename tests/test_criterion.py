@@ -70,7 +70,9 @@ def test_batch_with_an_empty_image(head_type):
         assert torch.isfinite(value) and value.item() > 0, key
     matched = assigner_positives(cfg, outputs, targets)
     assert (matched[1] == -1).all()                                  # the empty image: background only
-    assert losses["num_pos"].item() == (matched >= 0).sum().item() > 0
+    # mmdetection's normaliser: sum over images of max(positives, 1), so the empty image counts 1
+    assert (matched[0] >= 0).sum().item() > 0
+    assert losses["num_pos"].item() == (matched[0] >= 0).sum().item() + 1
 
 
 @pytest.mark.parametrize("head_type", HEADS)
@@ -84,7 +86,7 @@ def test_all_empty_batch_gives_zero_box_losses_and_a_gradient_for_every_paramete
     for key in ("loss_box", "loss_dfl", "loss_centerness"):
         if key in losses:
             assert losses[key].item() == 0.0 and losses[key].requires_grad, key
-    assert losses["loss_cls"].item() > 0 and losses["num_pos"].item() == 1.0   # normaliser clamped at 1
+    assert losses["loss_cls"].item() > 0 and losses["num_pos"].item() == 2.0   # each image without positives: 1
     sum(loss_terms(losses).values()).backward()
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     assert len(trainable) > 0
@@ -131,16 +133,16 @@ def test_gfl_quality_focal_target_is_the_iou_of_the_decoded_prediction():
     assert captured["targets"][first].count_nonzero() == 1
     assert torch.allclose(captured["targets"], expected.reshape(-1, NUM_CLASSES), atol=1e-6)
 
-    # QFL by hand: BCE(x, y) |y - sigmoid(x)|^2, summed, / number of positives
+    # QFL by hand: BCE(x, y) |y - sigmoid(x)|^2, summed, / (positives of image 0 + 1 for the empty image 1)
     logits = outputs.cls_logits.detach()
     qfl = F.binary_cross_entropy_with_logits(logits, expected, reduction="none") * (expected - logits.sigmoid()) ** 2
-    assert losses["loss_cls"].item() == pytest.approx((qfl.sum() / len(iou)).item(), rel=1e-5)
+    assert losses["loss_cls"].item() == pytest.approx((qfl.sum() / (len(iou) + 1)).item(), rel=1e-5)
 
 
 def gfl_box_losses_by_hand(outputs, targets, matched, reg_max):
     """(loss_box, loss_dfl, sum of w): w = max class score (detached) of each positive;
     loss_box = 2 sum(w GIoU loss) / max(sum w, 1); loss_dfl = 0.25 sum(w mean-over-sides DFL) / max(sum w, 1),
-    DFL targets in bins clamped to [0, reg_max - 0.01]."""
+    DFL targets in bins clamped to [0, reg_max - 0.1] (mmdetection)."""
     batch_index, anchor_index = torch.nonzero(matched >= 0, as_tuple=True)
     gt_boxes = targets["boxes"][batch_index, matched[batch_index, anchor_index]]
     weights = outputs.cls_logits[batch_index, anchor_index].detach().sigmoid().max(dim=1).values
@@ -152,7 +154,7 @@ def gfl_box_losses_by_hand(outputs, targets, matched, reg_max):
     anchors = outputs.anchors[anchor_index]
     centres = (anchors[:, :2] + anchors[:, 2:]) / 2
     sides = torch.cat([centres - gt_boxes[:, :2], gt_boxes[:, 2:] - centres], dim=1)
-    target = (sides / outputs.strides[anchor_index, None]).clamp(0, reg_max - 0.01)    # [P, 4] bins
+    target = (sides / outputs.strides[anchor_index, None]).clamp(0, reg_max - 0.1)     # [P, 4] bins
     log_probs = outputs.box_regression[batch_index, anchor_index].detach().reshape(-1, 4, reg_max + 1).log_softmax(-1)
     left = target.floor().long()
     dfl = -((left + 1 - target) * log_probs.gather(-1, left[..., None])[..., 0]
@@ -187,7 +189,7 @@ def single_level_outputs(grid, stride, num_classes, reg_max, seed=0):
                                          ([140.0, 150.0, 200.0, 186.0], 0)])
 def test_gfl_counts_and_clamps_distance_targets_at_reg_max(box, clamped):
     """At stride 8 (P3) reg_max 16 reaches 128 px. A 300 px box: sides ~150 px = 18.75 bins, all clamped; a 256 px
-    box centred on an anchor: sides of exactly 16 bins count too (> 15.99); a 60 x 36 px box: none."""
+    box centred on an anchor: sides of exactly 16 bins count too (> 15.9); a 60 x 36 px box: none."""
     cfg = tiny_config("gfl")
     reg_max = cfg.model.head.reg_max
     outputs = single_level_outputs(grid=40, stride=8, num_classes=NUM_CLASSES, reg_max=reg_max)
@@ -200,8 +202,8 @@ def test_gfl_counts_and_clamps_distance_targets_at_reg_max(box, clamped):
     centres = (outputs.anchors[positives, :2] + outputs.anchors[positives, 2:]) / 2
     gt = torch.tensor(box)
     sides = torch.cat([centres - gt[:2], gt[2:] - centres], dim=1) / 8
-    assert losses["dfl_clamped"].item() == (sides > reg_max - 0.01).sum().item() == clamped
-    # the DFL reads the clamped targets (15.99 bins: the last bin 16 gets weight 0.99)
+    assert losses["dfl_clamped"].item() == (sides > reg_max - 0.1).sum().item() == clamped
+    # the DFL reads the clamped targets (15.9 bins: the last bin 16 gets weight 0.9)
     _, loss_dfl, _ = gfl_box_losses_by_hand(outputs, targets, matched, reg_max)
     assert losses["loss_dfl"].item() == pytest.approx(loss_dfl, rel=1e-5)
 
@@ -239,7 +241,7 @@ def test_retinanet_single_positive_focal_loss_by_hand():
 
 
 def test_retinanet_ignored_and_crowd_anchors_do_not_touch_loss_cls():
-    criterion = build_criterion(tiny_config("retinanet").model, 2)
+    criterion = build_criterion(tiny_config("retinanet", "model.assigner.crowd_iof_thr=0.5").model, 2)
     targets = padded_targets([[[0.0, 0.0, 32.0, 32.0], [95.0, 95.0, 140.0, 140.0]]], [[1, 0]], [[False, True]])
     torch.manual_seed(0)
     logits, deltas = torch.randn(4, 2), torch.zeros(4, 4)
@@ -297,9 +299,9 @@ def test_atss_centerness_and_box_losses_by_hand():
     target = torch.sqrt(torch.minimum(left, right) / torch.maximum(left, right)
                         * torch.minimum(top, bottom) / torch.maximum(top, bottom))
     pred = outputs.centerness[batch_index, anchor_index].detach()
-    expected = F.binary_cross_entropy_with_logits(pred, target, reduction="sum") / len(target)
+    expected = F.binary_cross_entropy_with_logits(pred, target, reduction="sum") / (len(target) + 1)
     assert losses["loss_centerness"].item() == pytest.approx(expected.item(), rel=1e-5)
-    assert math.isclose(losses["num_pos"].item(), len(target))
+    assert math.isclose(losses["num_pos"].item(), len(target) + 1)     # + 1: image 1 has no positive
     deltas = outputs.box_regression[batch_index, anchor_index].detach() * torch.tensor([0.1, 0.1, 0.2, 0.2])
     width, height = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
     x, y = cx + deltas[:, 0] * width, cy + deltas[:, 1] * height

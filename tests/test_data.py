@@ -60,7 +60,7 @@ def test_category_mapping_crowd_and_grayscale(tmp_path, caplog):
     assert target["labels"].tolist() == [1, 0] and target["image_id"] == 10
     # box 2 clipped from [30, 20, 50, 40] to the 40x30 image
     assert target["boxes"].tolist() == [[2, 3, 12, 11], [30, 20, 40, 30]]
-    assert target["orig_size"] == (30, 40) and target["size"] == (30, 40) and target["scale"] == 1.0
+    assert target["orig_size"] == (30, 40) and target["size"] == (30, 40) and target["scale_factor"] == (1.0, 1.0)
     image, target = dataset[1]  # RGBA -> RGB; crowd kept; box 4 clipped to 0.5 px wide -> dropped
     assert target["crowd"].tolist() == [True] and target["labels"].tolist() == [0]
     image, target = dataset[2]  # grayscale -> 3 channels, box under 1 px dropped
@@ -150,17 +150,23 @@ def _target(boxes, size):
     return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
             "labels": torch.zeros(len(boxes), dtype=torch.long),
             "crowd": torch.zeros(len(boxes), dtype=torch.bool), "image_id": 1,
-            "orig_size": size, "size": size, "scale": 1.0}
+            "orig_size": size, "size": size, "scale_factor": (1.0, 1.0)}
 
 
 def test_resize_keeps_ratio_and_scales_boxes():
     image = Image.new("RGB", (200, 100))
     resized, target = Resize([50], max_size=1000)(image, _target([[10, 20, 110, 60]], (100, 200)))
-    assert resized.size == (100, 50) and target["size"] == (50, 100) and target["scale"] == 0.5
+    assert resized.size == (100, 50) and target["size"] == (50, 100) and target["scale_factor"] == (0.5, 0.5)
     assert target["boxes"].tolist() == [[5, 10, 55, 30]]
     resized, target = Resize([80], max_size=120)(image, _target([[0, 0, 200, 100]], (100, 200)))
-    assert resized.size == (120, 60) and target["scale"] == pytest.approx(0.6)
+    assert resized.size == (120, 60) and target["scale_factor"] == pytest.approx((0.6, 0.6))
     assert target["boxes"].tolist() == [[0, 0, 120, 60]]
+    # 301 x 100 at scale 0.5: width int(150.5 + 0.5) = 151 (mmcv's rounding; Python's round gives 150), height
+    # 50; the axes get their own factors 151 / 301 and 0.5, and so do the boxes
+    odd = Image.new("RGB", (301, 100))
+    resized, target = Resize([50], max_size=1000)(odd, _target([[301, 100, 301, 100]], (100, 301)))
+    assert resized.size == (151, 50) and target["scale_factor"] == (151 / 301, 0.5)
+    assert target["boxes"].tolist() == [[151, 50, 151, 50]]
     sampler = Resize([40, 60], max_size=1000, mode="range")
     sides = {sampler(image, _target([], (100, 200)))[1]["size"][0] for _ in range(40)}
     assert sides <= set(range(40, 61)) and len(sides) > 3
@@ -186,6 +192,8 @@ def test_collate_pads_to_divisor_and_masks_padding():
     assert targets["boxes"].shape == (2, 2, 4) and targets["labels"][1].tolist() == [-1, -1]
     assert targets["valid"].tolist() == [[True, True], [False, False]]
     assert targets["image_sizes"].tolist() == [[40, 70], [65, 33]]
+    assert targets["pad_sizes"].tolist() == [[64, 96], [96, 64]]           # each image's own size, rounded up
+    assert targets["scale_factors"].dtype == torch.float64 and targets["scale_factors"].tolist() == [[1, 1], [1, 1]]
     _, empty = collate([second], size_divisor=32)
     assert empty["boxes"].shape == (1, 1, 4) and not empty["valid"].any()  # M >= 1
 
@@ -227,7 +235,7 @@ def test_test_shards_cover_every_index_once():
 def crop_target():
     boxes = torch.tensor([[10.0, 10, 30, 30], [45, 5, 70, 20], [80, 60, 95, 75]])
     return {"boxes": boxes, "labels": torch.tensor([0, 1, 2]), "crowd": torch.tensor([False, False, True]),
-            "size": (80, 100), "scale": 0.5}
+            "size": (80, 100), "scale_factor": (0.5, 0.5)}
 
 
 def gradient_image(width=100, height=80):
@@ -242,7 +250,7 @@ def test_random_crop_shifts_clips_and_drops_boxes(monkeypatch):
     crop = RandomCrop(40, 50)
     monkeypatch.setattr(crop, "_window", lambda width, height: (20, 0, 50, 40))  # left 20, top 0, 50 x 40
     image, target = crop(gradient_image(), crop_target())
-    assert image.size == (50, 40) and target["size"] == (40, 50) and target["scale"] == 0.5
+    assert image.size == (50, 40) and target["size"] == (40, 50) and target["scale_factor"] == (0.5, 0.5)
     pixels = np.asarray(image)
     assert pixels[0, 0, 0] == 20 and pixels[0, 49, 0] == 69 and pixels[39, 0, 1] == 39   # the window's pixels
     # [10,10,30,30] -> [-10,10,10,30] clipped to [0,10,10,30]; [45,5,70,20] -> [25,5,50,20];

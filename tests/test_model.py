@@ -14,7 +14,8 @@ from detector import build_model
 from detector.anchors import AnchorGenerator
 from detector.backbone import PretrainedWeightsError, ResNetBackbone
 from detector.box_coder import decode_deltas, decode_distances, distribution_integral, encode_deltas, encode_distances
-from detector.config import load_config
+from detector.config import HeadConfig, load_config
+from detector.families import GFLFamily
 
 STRIDES = [8, 16, 32, 64, 128]
 
@@ -151,8 +152,12 @@ def test_distance_coder_round_trip_and_clamp():
     distances = encode_distances(centers, boxes, strides)
     assert torch.allclose(distances, distances_px / strides[:, None], atol=1e-5)
     assert torch.allclose(decode_distances(centers, distances, strides), boxes, atol=1e-4)
-    clamped = encode_distances(centers, boxes, strides, reg_max=4)
-    assert clamped.max().item() == pytest.approx(3.99) and clamped.min().item() >= 0
+    # GFL's targets are clamped to [0, reg_max - 0.1] (mmdetection's DistancePointBBoxCoder, eps 0.1)
+    family = GFLFamily(HeadConfig(reg_max=4))
+    anchors = torch.cat([centers - 16, centers + 16], dim=-1)       # any anchors with these centres
+    clamped = family.encode(anchors, strides, boxes)
+    assert clamped.max().item() == pytest.approx(3.9) and clamped.min().item() >= 0
+    torch.testing.assert_close(clamped, distances.clamp(0, 3.9))
 
 
 @pytest.mark.parametrize("k", [0, 3, 16])
@@ -223,3 +228,33 @@ def test_zero_init_residual_starts_every_block_as_the_identity():
             for block_zeroed, block_plain in zip(stage_zeroed, stage_plain):
                 assert getattr(block_zeroed, last_bn).weight.abs().sum() == 0
                 assert (getattr(block_plain, last_bn).weight == 1).all()
+
+
+def test_p7_is_a_conv_of_p6_without_relu():
+    """mmdetection's FPN (relu_before_extra_convs False) for RetinaNet, ATSS and GFL: P7 = conv(P6), so a
+    negative P6 reaches P7 unclipped."""
+    from detector.backbone import FPN
+    torch.manual_seed(0)
+    fpn = FPN([8, 16, 32], out_channels=8, extra_from="p5")
+    features = [torch.randn(1, 8, 16, 16), torch.randn(1, 16, 8, 8), torch.randn(1, 32, 4, 4)]
+    outputs = fpn(features)
+    p6 = fpn.p6(outputs[2])
+    assert (p6 < 0).any()
+    torch.testing.assert_close(outputs[3], p6)
+    torch.testing.assert_close(outputs[4], fpn.p7(p6))
+    assert not torch.allclose(outputs[4], fpn.p7(torch.relu(p6)))
+
+
+def test_norm_eval_freezes_statistics_but_trains_the_affine_terms():
+    """mmdetection's reference BatchNorm (norm_eval): eval mode even in model.train(), affine terms trained
+    outside the frozen stages; with norm_eval false the statistics update (training from scratch)."""
+    frozen = ResNetBackbone(18, frozen_stages=1, norm="bn", norm_eval=True, pretrained=None).train()
+    assert all(not m.training for m in frozen.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert frozen.stages[1][0].bn1.weight.requires_grad and not frozen.stages[0][0].bn1.weight.requires_grad
+    before = frozen.stages[1][0].bn1.running_mean.clone()
+    frozen(torch.randn(2, 3, 64, 64))
+    assert torch.equal(frozen.stages[1][0].bn1.running_mean, before)
+    trained = ResNetBackbone(18, frozen_stages=1, norm="bn", norm_eval=False, pretrained=None).train()
+    trained(torch.randn(2, 3, 64, 64))
+    assert not torch.equal(trained.stages[1][0].bn1.running_mean, before)
+    assert not trained.stem[1].training                              # a frozen stage's BN stays in eval mode

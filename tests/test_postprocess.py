@@ -4,9 +4,13 @@ import math
 
 import torch
 
+from detector.config import HeadConfig
 from detector.config import TestConfig as InferenceConfig  # aliased: pytest would collect Test*
 from detector.detector import HeadOutputs
+from detector.families import ATSSFamily, GFLFamily, RetinaNetFamily
 from detector.postprocess import PostProcessor
+
+FAMILIES = {"retinanet": RetinaNetFamily, "atss": ATSSFamily, "gfl": GFLFamily}
 
 
 def logit(p):
@@ -23,12 +27,13 @@ def make_outputs(probs, anchors, deltas=None, num_per_level=None, centerness=Non
     return HeadOutputs(logit(probs), deltas, centerness, anchors, strides, num_per_level or [count])
 
 
-def run(outputs, head_type="retinanet", image_size=(200, 200), scale=1.0, orig_size=None, **test_cfg):
+def run(outputs, head_type="retinanet", image_size=(200, 200), scale=(1.0, 1.0), **test_cfg):
+    """Post-process with the head type's family; image_size (h, w) after resize, scale (w, h) factors."""
     batch = outputs.cls_logits.shape[0]
-    orig_size = orig_size or image_size
-    postprocessor = PostProcessor(head_type, InferenceConfig(**{"nms_iou": 0.5, **test_cfg}))
-    return postprocessor(outputs, torch.tensor([image_size] * batch), torch.full((batch,), scale),
-                         torch.tensor([orig_size] * batch))
+    postprocessor = PostProcessor(FAMILIES[head_type](HeadConfig(reg_max=16)),
+                                  InferenceConfig(**{"nms_iou": 0.5, **test_cfg}))
+    return postprocessor(outputs, torch.tensor([image_size] * batch), torch.tensor([scale] * batch,
+                                                                                  dtype=torch.float64))
 
 
 def as_rows(result):
@@ -72,16 +77,25 @@ def test_images_are_independent():
     assert as_rows(first) == as_rows(second) == [(0, 0, 40, 40, 0.9, 0), (0, 0, 40, 40, 0.3, 1)]
 
 
-def test_rescale_to_the_original_image_and_clip():
+def test_rescale_by_the_per_axis_factors_after_clipping_to_the_resized_image():
     anchors = [[10, 10, 30, 40], [50, 30, 70, 45]]                   # the second crosses the right edge
     outputs = make_outputs([[[0.9, 0.0], [0.0, 0.8]]], anchors)
-    # a resized width rounded up (61 for 120 x 0.5): clipped at 61 then 122 px, clipped again at 120
-    (result,) = run(outputs, image_size=(50, 61), scale=0.5, orig_size=(100, 120))
-    assert as_rows(result) == [(20, 20, 60, 80, 0.9, 0), (100, 60, 120, 90, 0.8, 1)]
+    # 120 x 100 resized by 0.5 and rounded to 61 x 50: factors 61 / 120 and 0.5; clipped at x = 61 first
+    (result,) = run(outputs, image_size=(50, 61), scale=(61 / 120, 0.5))
+    expected = [(10 * 120 / 61, 20, 30 * 120 / 61, 80, 0.9, 0), (50 * 120 / 61, 60, 120, 90, 0.8, 1)]
+    assert as_rows(result) == [tuple(round(v, 4) for v in row[:4]) + row[4:] for row in expected]
     # negative coordinates are clipped at 0
-    (result,) = run(make_outputs([[[0.9, 0.0]]], [[-10, -5, 20, 20]]), image_size=(50, 60), scale=2.0,
-                    orig_size=(25, 30))
+    (result,) = run(make_outputs([[[0.9, 0.0]]], [[-10, -5, 20, 20]]), image_size=(50, 60), scale=(2.0, 2.0))
     assert as_rows(result) == [(0, 0, 10, 10, 0.9, 0)]
+
+
+def test_boxes_without_width_or_height_after_clipping_are_dropped_before_nms():
+    """mmdetection's min_bbox_size 0: a box left of the image clips to zero width and must not take a slot or
+    suppress anything; here it would otherwise be the top-scoring box."""
+    anchors = [[-50, 10, -10, 40], [10, 10, 50, 40], [20, 60, 60, 90]]
+    outputs = make_outputs([[[0.9, 0.0], [0.8, 0.0], [0.7, 0.0]]], anchors)
+    (result,) = run(outputs, image_size=(100, 100), max_per_img=2)
+    assert as_rows(result) == [(10, 10, 50, 40, 0.8, 0), (20, 60, 60, 90, 0.7, 0)]
 
 
 def test_max_per_image_keeps_the_best():

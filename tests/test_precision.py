@@ -101,5 +101,5 @@ def test_config_values_of_train_amp():
     assert load_config("shapes_gfl_r18.yaml", ["train.amp=off"]).train.amp == "off"    # YAML reads off as false
     assert load_config("shapes_gfl_r18.yaml", ["train.amp=true"]).train.amp == "auto"  # earlier configs' true
     assert load_config("shapes_gfl_r18.yaml", ["train.amp=fp16"]).train.amp == "fp16"
-    with pytest.raises(ConfigError, match=r"train.amp' must be one of \['auto', 'bf16', 'fp16', 'off'\]"):
+    with pytest.raises(ConfigError, match=r"train.amp' expects one of \['auto', 'bf16', 'fp16', 'off'\]"):
         load_config("shapes_gfl_r18.yaml", ["train.amp=fp8"])

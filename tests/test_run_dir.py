@@ -11,7 +11,6 @@ import time
 
 import pytest
 import torch
-
 from cli_tools import ENV, REPOSITORY, TINY, assert_one_error_line, check_ok, data_overrides, run_tool
 
 
@@ -44,7 +43,8 @@ def test_bad_config_leaves_an_existing_run_directory_byte_identical(run_main_in_
         (run + ["model.loss_cls.type=giou"], "'giou' is a box loss; expected a classification loss"),
         (run + ["model.loss_cls.params.gama=2"], "not a parameter of 'quality_focal'"),
         (run + ["--resume", str(tmp_path / "missing.pth")], "checkpoint not found:"),
-        (run + ["data.val_images=" + str(tmp_path / "nowhere")], "nowhere: image directory not found (data.val_images)"),
+        (run + ["data.val_images=" + str(tmp_path / "nowhere")],
+         "nowhere: image directory not found (data.val_images)"),
         (run + [f"model.backbone.pretrained={tmp_path / 'r18.pth'}"], "r18.pth (use 'torchvision', null"),
         (run + ["--resume", str(weights_only)], "epoch_1.pth: holds weights only"),
     ]

@@ -1,7 +1,6 @@
 """End to end on the CPU: train.py on a tiny shapes set, eval.py reproducing its metrics, --resume auto,
 a two-process gloo run, and the one-line errors of the command-line tools."""
 import json
-import logging
 import os
 import re
 import shutil
@@ -11,12 +10,10 @@ import sys
 
 import pytest
 import torch
+from cli_tools import ENV, REPOSITORY, TINY, assert_one_error_line, check_ok, data_overrides, read_json, run_tool
 
 from detector.config import load_config
 from detector.engine import learning_rate
-
-from cli_tools import (ENV, REPOSITORY, TINY, assert_one_error_line, check_ok, data_overrides, read_json,
-                       run_tool)
 
 
 def test_training_writes_the_run_directory(trained, shapes_small):

@@ -7,7 +7,7 @@ import torch
 from detector.config import load_config
 
 CONFIG_OF_HEAD = {"retinanet": "retinanet_r50.yaml", "atss": "atss_r50.yaml", "gfl": "gfl_r50.yaml"}
-TINY_OVERRIDES = ["model.backbone.depth=18", "model.backbone.pretrained=null", "model.backbone.norm=bn",
+TINY_OVERRIDES = ["model.backbone.depth=18", "model.backbone.pretrained=null", "model.backbone.norm_eval=false",
                   "model.fpn.out_channels=32", "model.head.feat_channels=32", "model.head.stacked_convs=1"]
 INPUT_SHAPE = (2, 3, 128, 96)   # [B, 3, H, W]
 
