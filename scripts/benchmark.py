@@ -8,12 +8,18 @@ Inputs are random images of the given size with random ground-truth boxes (no da
 numbers measure the detector, not the data loader; the optimizer step is plain SGD whatever optim.type
 says (AdamW's step costs a few ms more per iteration on the demo's 11.6M parameters). Prints one table
 row per phase: milliseconds per iteration (median over --iters after --warmup), images per second,
-peak memory (CUDA: allocated by torch in that phase; CPU: the process's peak resident set size so far),
+peak memory (CUDA: allocated by torch in that phase; CPU: the process's peak resident set size in that phase,
+VmHWM reset through /proc/self/clear_refs, or the peak so far where that file is not writable),
 and beside every figure the machine it came from: precision (train.amp as resolved by
 detector/precision.py), the CPU's instruction-set capability (ATen's; ATEN_CPU_CAPABILITY=avx2
 ONEDNN_MAX_CPU_ISA=AVX2 emulates an AVX2-only CPU), a matmul probe in that precision right after the
 phase (GFLOP/s: shared machines change speed minute to minute) and the CPU or GPU model.
 The model is untrained, so few candidates pass the score threshold and inference holds little NMS work.
+
+`--phases criterion,train` adds a `criterion` row, run first in the fresh process: the criterion's forward and
+backward alone on random head outputs of the model's shapes (cls_logits [B, A, C] a leaf in the forward's
+precision), with the peak memory above those inputs: what the loss path itself costs (with C = 1203 classes
+every [B, A, C] temporary counts; README, "Memory with 1203 classes").
 """
 import argparse
 import os
@@ -50,6 +56,21 @@ def random_batch(batch_size, height, width, num_classes, boxes_per_image, genera
     return images, targets
 
 
+def random_head_outputs(model, batch_size, height, width, num_classes, box_channels, dtype, device, generator):
+    """HeadOutputs of the model's shapes for a [B, 3, H, W] batch, with random leaf tensors (no forward pass)."""
+    from detector.detector import HeadOutputs
+    sizes = [(-(-height // stride), -(-width // stride)) for stride in model.anchor_generator.strides]
+    anchors, strides, num_per_level = model.anchor_generator(sizes, device)
+    num_anchors = anchors.shape[0]
+    leaf = lambda *shape: (torch.randn(*shape, generator=generator) * 0.5).to(device, dtype).requires_grad_()  # noqa: E731
+    cls_logits = leaf(batch_size, num_anchors, num_classes)
+    with torch.no_grad():
+        cls_logits -= 4.6  # the prior bias: p about 0.01, as a fresh head starts
+    centerness = leaf(batch_size, num_anchors) if model.head.centerness_out is not None else None
+    return HeadOutputs(cls_logits, leaf(batch_size, num_anchors, box_channels), centerness, anchors, strides,
+                       num_per_level)
+
+
 def timed(function, device, warmup, iters):
     """Median seconds of function() over iters calls, after warmup calls."""
     times = []
@@ -65,10 +86,40 @@ def timed(function, device, warmup, iters):
     return statistics.median(times)
 
 
+def _status_mib(field):
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MiB, or None off Linux."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_memory(device):
+    """Start a phase's peak: CUDA's counter, or the CPU resident high-water mark (Linux clear_refs)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")  # resets VmHWM to the current resident size
+    except OSError:
+        pass  # peak_memory_mib then reports the peak since the process started
+
+
+def current_memory_mib(device):
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    return _status_mib("VmRSS") or 0.0
+
+
 def peak_memory_mib(device):
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return _status_mib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def machine_facts(device):
@@ -99,8 +150,14 @@ def main():
     parser.add_argument("--boxes-per-image", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--phases", default="train,inference",
+                        help="comma-separated, from criterion (run first), train, inference")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value config overrides")
     args = parser.parse_args()
+    phases = args.phases.split(",")
+    unknown = sorted(set(phases) - {"criterion", "train", "inference"})
+    if unknown:
+        parser.error(f"--phases: unknown {unknown}; valid: criterion, train, inference")
 
     cfg = load_config(args.config, args.overrides + ["model.backbone.pretrained=null"])
     use_cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
@@ -140,21 +197,43 @@ def main():
             outputs = model(images)
         postprocessor(outputs, targets["image_sizes"], targets["scale_factors"])
 
+    forward_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision.name, torch.float32)
+    head_outputs = {}
+
+    def criterion_step():
+        losses = criterion(head_outputs["outputs"], targets)
+        sum(value for key, value in losses.items() if key.startswith("loss_")).backward()
+
     machine, capability = machine_facts(device)
     print(f"{cfg.name}: {cfg.model.head.type} R{cfg.model.backbone.depth}, batch {batch_size} x {height}x{width}, "
           f"{device}, {torch.get_num_threads()} threads, channels_last {cfg.train.channels_last}")
     print(f"machine: {machine}, capability {capability}; precision {precision.name} ({precision.reason})")
     print(f"{'phase':<10} {'ms/iter':>9} {'images/s':>9} {'peak MiB':>9} {'precision':>9} {'capability':>12} "
           f"{'probe GFLOP/s':>13}  machine")
-    for name, function, mode in (("train", train_step, True), ("inference", inference_step, False)):
+    for name, function, mode in (("criterion", criterion_step, True), ("train", train_step, True),
+                                 ("inference", inference_step, False)):
+        if name not in phases:
+            continue
         model.train(mode)
         criterion.train(mode)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        note = ""
+        if name == "criterion":  # first in the process, so no freed memory of another phase hides its peak
+            head_outputs["outputs"] = random_head_outputs(model, batch_size, height, width, args.num_classes,
+                                                          model.head.box_channels, forward_dtype, device,
+                                                          generator)
+        inputs_mib = current_memory_mib(device)
+        reset_peak_memory(device)
         seconds = timed(function, device, args.warmup, args.iters)
+        peak = peak_memory_mib(device)
+        if name == "criterion":
+            cls_logits = head_outputs.pop("outputs").cls_logits
+            size_mib = cls_logits.numel() * cls_logits.element_size() / 2**20
+            note = (f"  (+{peak - inputs_mib:.0f} MiB over its inputs; cls_logits {list(cls_logits.shape)} "
+                    f"{str(cls_logits.dtype).replace('torch.', '')}, {size_mib:.0f} MiB)")
+            del cls_logits
         probe = matmul_probe(device, precision.name)  # right after the phase: the machine's speed at that moment
-        print(f"{name:<10} {seconds * 1000:>9.1f} {batch_size / seconds:>9.1f} {peak_memory_mib(device):>9.0f} "
-              f"{precision.name:>9} {capability:>12} {probe:>13.0f}  {machine}")
+        print(f"{name:<10} {seconds * 1000:>9.1f} {batch_size / seconds:>9.1f} {peak:>9.0f} "
+              f"{precision.name:>9} {capability:>12} {probe:>13.0f}  {machine}{note}")
 
 
 if __name__ == "__main__":
