@@ -13,6 +13,11 @@ averaged over ranks and at least 1. ATSS box losses are divided by the sum of ce
 DFL losses by the sum of the detached max class scores, both averaged over ranks and clamped at 1. Anchors
 outside an image's own padded area are never positive and take no loss. With no positive the box losses are
 exactly 0 and still in the graph (every parameter gets a gradient under DDP).
+
+Classification targets stay an index (labels [B, A], -1 for background, and for soft targets scores [B, A]):
+with LVIS's 1203 classes a [B, A, C] target or a masked copy of the logits would each be as large as the logits.
+The equalized losses (EFL, EQFL) keep per-class gradient statistics G+, G-, g_j as buffers (saved in checkpoints),
+accumulated from their closed-form gradient in training, summed over ranks; see update_gradient_statistics.
 """
 import inspect
 
@@ -25,8 +30,11 @@ from .anchors import anchor_centers, inside_padded_images
 from .assign import IGNORE, atss_assign, max_iou_assign
 from .box_ops import box_iou_aligned
 from .config import ConfigError
-from .dist import reduce_mean, reduce_sum
+from .dist import get_world_size, reduce_mean, reduce_sum
 from .families import at_least_float32
+
+# Arguments of a loss function that the criterion supplies (not config parameters).
+LOSS_INPUTS = ("scores", "pos_neg")
 
 
 def lookup_loss(loss_cfg, kinds, key):
@@ -41,10 +49,20 @@ def lookup_loss(loss_cfg, kinds, key):
         raise ConfigError(f"{key}: '{loss_cfg.type}' is a {kind} loss; expected a {' or '.join(kinds)} loss")
     accepted = [name for name in inspect.signature(function).parameters][2:]
     for name in loss_cfg.params:
-        if name not in accepted or name == "pos_neg":
+        if name not in accepted or name in LOSS_INPUTS:
+            valid = [a for a in accepted if a not in LOSS_INPUTS]
             raise ConfigError(f"{key.rsplit('.', 1)[0]}.params.{name}: not a parameter of '{loss_cfg.type}' "
-                              f"(valid: {', '.join(a for a in accepted if a != 'pos_neg') or 'none'})")
+                              f"(valid: {', '.join(valid) or 'none'})")
     return function
+
+
+def check_soft_target_loss(loss_type, key, trainer):
+    """`trainer` trains soft targets: a one-hot-only loss there would silently get IoU scores (ConfigError)."""
+    if loss_type in losses.ONE_HOT_ONLY:
+        soft = [name for name in losses.CLASSIFICATION_LOSSES if name not in losses.ONE_HOT_ONLY]
+        equalized = " (equalized_quality_focal is EFL's form for soft targets)" if loss_type in losses.GRADIENTS else ""
+        raise ConfigError(f"{key}: '{loss_type}' takes one-hot targets, but {trainer} trains soft targets; use one "
+                          f"of {', '.join(soft)}{equalized}")
 
 
 def gather_gt(matched, gt_boxes, gt_labels):
@@ -101,7 +119,11 @@ class DenseCriterion(nn.Module):
         self.cls_fn = lookup_loss(self.loss_cls, ("classification",), "model.loss_cls.type")
         self.box_fn = lookup_loss(self.loss_box, ("box", "delta"), "model.loss_box.type")
         self.box_on_codes = losses.loss_kind(self.loss_box.type) == "delta"  # l1-type losses compare encoded targets
-        if self.loss_cls.type == "equalized_focal":
+        if family.soft_targets:
+            check_soft_target_loss(self.loss_cls.type, "model.loss_cls.type",
+                                   f"the {model_cfg.head.type} head family")
+        self.cls_grad_fn = losses.GRADIENTS.get(self.loss_cls.type)
+        if self.cls_grad_fn is not None:
             # EFL gradient statistics G+ / G- per class, summed over ranks, kept in checkpoints (REFERENCE.md).
             self.register_buffer("efl_pos_grad", torch.zeros(num_classes, dtype=torch.float64))
             self.register_buffer("efl_neg_grad", torch.zeros(num_classes, dtype=torch.float64))
@@ -116,23 +138,54 @@ class DenseCriterion(nn.Module):
         return ASSIGNERS[self.assigner.type](self.assigner, outputs, targets, anchors_valid,
                                              self.anchors_per_location)
 
-    def classification_loss(self, logits, cls_targets, valid, num_pos):
-        """Sum of the elementwise loss over non-ignored anchors [B, A] / num_pos, times the config weight."""
-        logits, cls_targets = at_least_float32(logits[valid]), cls_targets[valid]     # [N, C]
+    def classification_loss(self, logits, labels, scores, valid, num_pos):
+        """Sum of the elementwise loss over non-ignored anchors / num_pos, times the config weight.
+
+        Args:
+            logits: [B, A, C] class logits.
+            labels: [B, A] long, the GT class of positive anchors, -1 for the others.
+            scores: [B, A] soft target at the label (GFL's IoU), or None for one-hot targets.
+            valid: [B, A] bool, False for ignored anchors (and anchors outside an image's padded area).
+            num_pos: the normaliser (num_positives).
+        Targets stay an index: no [B, A, C] target is built and no masked copy of the logits is made (with LVIS's
+        1203 classes each would be as large as the logits); ignored rows are computed and weighted by 0.
+        In training, the equalized losses then add this step's gradient to their statistics (G+, G-, g_j).
+        """
+        logits = at_least_float32(logits).flatten(0, 1)                                   # [N, C] view, N = B A
+        labels, weights = labels.flatten(), valid.flatten().to(logits.dtype)              # [N]
+        scores = scores.flatten() if scores is not None else None                         # [N]
         params = dict(self.loss_cls.params)
-        if self.loss_cls.type == "equalized_focal":
-            params["pos_neg"] = self.efl_pos_neg.to(logits.dtype)
-            if self.training:
-                self._update_efl_statistics(logits.detach(), cls_targets, params, num_pos)
-        return self.cls_fn(logits, cls_targets, **params).sum() / num_pos * self.loss_cls.weight
+        if self.cls_grad_fn is not None:
+            params["pos_neg"] = self.efl_pos_neg.to(logits.dtype, copy=True)  # this step's g_j, before the update
+        elementwise = self.cls_fn(logits, labels, scores, **params)                       # [N, C]
+        loss = (elementwise.sum(dim=-1) * weights).sum() / num_pos * self.loss_cls.weight
+        if self.cls_grad_fn is not None and self.training:
+            self.update_gradient_statistics(logits.detach(), labels, scores, weights, params,
+                                            self.loss_cls.weight / num_pos.to(torch.float64))
+        return loss
 
     @torch.no_grad()
-    def _update_efl_statistics(self, logits, cls_targets, params, num_pos):
-        """G+_j += sum |dL/dx| over positives of class j, G-_j over negatives; g_j = clamp(G+/G-, 0, 1)."""
-        grad = losses.equalized_focal_grad(logits, cls_targets, **params).abs().double() / num_pos.double()
-        is_positive = (cls_targets > 0).double()
-        statistics = torch.stack([(grad * is_positive).sum(0), (grad * (1 - is_positive)).sum(0)])
-        statistics = reduce_sum(statistics)
+    def update_gradient_statistics(self, logits, labels, scores, weights, params, scale):
+        """Equalized losses: G+_j += sum of |dL/dx| over the positive entries of class j, G-_j over its negative
+        entries, g_j = clamp(G+_j / G-_j, 0, 1) (REFERENCE.md, EFL; UP's collect_grad).
+
+        dL/dx is the closed form (losses.GRADIENTS) of this step's loss, `scale` (weight / num_pos) included, so no
+        backward hook is needed. Under DDP each rank's share is divided by the world size before the sum over ranks:
+        the statistics are those of the gradient DDP applies (the mean over ranks), and two ranks accumulate what
+        one process accumulates on the two batches together. A positive entry is a positive anchor's GT class
+        (whatever its soft score); every other entry of a non-ignored anchor is negative.
+
+        Args:
+            logits: [N, C] detached. labels: [N] long (-1 background). scores: [N] or None.
+            weights: [N] 1 for non-ignored anchors, 0 for ignored ones.
+        """
+        grad = self.cls_grad_fn(logits, labels, scores, **params).abs_()                # [N, C], this step's own
+        rows, columns = losses.target_entries(labels, logits.shape[-1])            # positive entries [P]
+        positive = torch.zeros_like(self.efl_pos_grad).index_add_(
+            0, columns, (grad[rows, columns] * weights[rows]).to(self.efl_pos_grad.dtype))
+        grad[rows, columns] = 0
+        negative = (weights @ grad).to(self.efl_neg_grad.dtype)                          # [C], no [N, C] product
+        statistics = reduce_sum(torch.stack([positive, negative]) * (scale / get_world_size()))
         self.efl_pos_grad += statistics[0]
         self.efl_neg_grad += statistics[1]
         self.efl_pos_neg.copy_((self.efl_pos_grad / (self.efl_neg_grad + 1e-10)).clamp(0, 1))
@@ -153,11 +206,6 @@ class DenseCriterion(nn.Module):
         """Sum over images of max(positives, 1), averaged over ranks, at least 1 (mmdetection's avg_factor)."""
         return reduce_mean(positive.sum(dim=1).clamp(min=1).sum().float()).clamp(min=1.0)
 
-    def one_hot_targets(self, gt_labels, positive, dtype):
-        """[B, A, C] one-hot rows for positives, zeros elsewhere."""
-        classes = torch.arange(self.num_classes, device=gt_labels.device)
-        return ((gt_labels[..., None] == classes) & positive[..., None]).to(dtype)
-
     def positives(self, outputs, targets):
         """Assignment and what every criterion gathers from it (positives flattened over the batch: P rows)."""
         matched = self.assign(outputs, targets)
@@ -165,7 +213,8 @@ class DenseCriterion(nn.Module):
         batch = positive.shape[0]
         gt_boxes, gt_labels = gather_gt(matched, targets["boxes"], targets["labels"])
         dtype = at_least_float32(outputs.box_regression).dtype
-        return {"positive": positive, "valid": valid, "labels": gt_labels,
+        return {"positive": positive, "valid": valid,
+                "labels": torch.where(positive, gt_labels, -1),                         # [B, A] class index or -1
                 "anchors": outputs.anchors.to(dtype).expand(batch, -1, -1)[positive],   # [P, 4]
                 "strides": outputs.strides.to(dtype).expand(batch, -1)[positive],       # [P]
                 "gt_boxes": gt_boxes[positive].to(dtype),                               # [P, 4]
@@ -178,12 +227,10 @@ class RetinaNetCriterion(DenseCriterion):
     def forward(self, outputs, targets):
         pos = self.positives(outputs, targets)
         num_pos = self.num_positives(pos["positive"])
-        dtype = pos["codes"].dtype
-        cls_targets = self.one_hot_targets(pos["labels"], pos["positive"], dtype)
         pred_boxes = self.family.decode(pos["anchors"], pos["strides"], pos["codes"])
         target_codes = self.family.encode(pos["anchors"], pos["strides"], pos["gt_boxes"])
         loss_box = self.weighted_box_loss(pred_boxes, pos["gt_boxes"], pos["codes"], target_codes, 1.0, num_pos)
-        return {"loss_cls": self.classification_loss(outputs.cls_logits, cls_targets, pos["valid"], num_pos),
+        return {"loss_cls": self.classification_loss(outputs.cls_logits, pos["labels"], None, pos["valid"], num_pos),
                 "loss_box": loss_box, "num_pos": num_pos}
 
 
@@ -195,21 +242,24 @@ class CenternessCriterion(DenseCriterion):
         super().__init__(model_cfg, family, num_classes)
         self.loss_centerness = model_cfg.loss_centerness
         self.centerness_fn = lookup_loss(self.loss_centerness, ("classification",), "model.loss_centerness.type")
+        check_soft_target_loss(self.loss_centerness.type, "model.loss_centerness.type", "the centerness branch")
+        if self.loss_centerness.type in losses.GRADIENTS:
+            raise ConfigError(f"model.loss_centerness.type: '{self.loss_centerness.type}' needs class statistics; "
+                              f"the centerness branch has no classes")
 
     def forward(self, outputs, targets):
         pos = self.positives(outputs, targets)
         num_pos = self.num_positives(pos["positive"])
-        dtype = pos["codes"].dtype
-        cls_targets = self.one_hot_targets(pos["labels"], pos["positive"], dtype)
         centerness = centerness_target(anchor_centers(pos["anchors"]), pos["gt_boxes"])      # [P]
         normaliser = reduce_mean(centerness.sum()).clamp(min=1.0)
         pred_boxes = self.family.decode(pos["anchors"], pos["strides"], pos["codes"])
         target_codes = self.family.encode(pos["anchors"], pos["strides"], pos["gt_boxes"])
         loss_box = self.weighted_box_loss(pred_boxes, pos["gt_boxes"], pos["codes"], target_codes, centerness,
                                           normaliser)
-        pred_centerness = at_least_float32(outputs.centerness[pos["positive"]])               # [P]
-        loss_centerness = self.centerness_fn(pred_centerness, centerness, **self.loss_centerness.params).sum()
-        return {"loss_cls": self.classification_loss(outputs.cls_logits, cls_targets, pos["valid"], num_pos),
+        pred_centerness = at_least_float32(outputs.centerness[pos["positive"]])[:, None]        # [P, 1]: one class
+        loss_centerness = self.centerness_fn(pred_centerness, torch.zeros_like(pos["strides"], dtype=torch.long),
+                                             centerness, **self.loss_centerness.params).sum()
+        return {"loss_cls": self.classification_loss(outputs.cls_logits, pos["labels"], None, pos["valid"], num_pos),
                 "loss_box": loss_box,
                 "loss_centerness": loss_centerness / num_pos * self.loss_centerness.weight,
                 "num_pos": num_pos}
@@ -229,14 +279,13 @@ class QualityCriterion(DenseCriterion):
         pos = self.positives(outputs, targets)
         positive = pos["positive"]
         num_pos = self.num_positives(positive)
-        dtype = pos["codes"].dtype
         pred_boxes = self.family.decode(pos["anchors"], pos["strides"], pos["codes"])   # [P, 4] pixels
 
         # QFL soft target: IoU of the (detached) decoded prediction with its GT, at the GT class only.
         quality = box_iou_aligned(pred_boxes.detach(), pos["gt_boxes"]).clamp(min=0)     # [P]
-        cls_targets = self.one_hot_targets(pos["labels"], positive, dtype)               # [B, A, C]
-        cls_targets[positive] *= quality[:, None]
-        loss_cls = self.classification_loss(outputs.cls_logits, cls_targets, pos["valid"], num_pos)
+        scores = torch.zeros(positive.shape, dtype=quality.dtype, device=quality.device)
+        scores[positive] = quality                                                       # [B, A]
+        loss_cls = self.classification_loss(outputs.cls_logits, pos["labels"], scores, pos["valid"], num_pos)
 
         weights = at_least_float32(outputs.cls_logits[positive].detach()).sigmoid().amax(dim=-1)  # [P]
         normaliser = reduce_mean(weights.sum()).clamp(min=1.0)

@@ -4,9 +4,11 @@ Nothing here reduces; the criterion weights, sums and normalises (one rule, writ
 This package imports only torch. Formulas: ../shared/REFERENCE.md, section "Losses".
 
 Families (N rows, C classes, R = reg_max + 1 bins, K coordinates):
-    classification  fn(logits [N, C], targets [N, C] float, **params) -> [N, C]
-                    targets one-hot for focal / equalized_focal (equalized_focal also takes
-                    pos_neg [C]); soft IoU scores for quality_focal.
+    classification  fn(logits [N, C], labels [N] long, scores [N] float or None, **params) -> [N, C]
+                    targets by index (never a dense [N, C] tensor): row i has target scores[i]
+                    (1 when None) at class labels[i], 0 elsewhere; a label outside [0, C) is a
+                    background row. ONE-HOT-only losses refuse scores; the equalized losses also
+                    take pos_neg [C] (the g_j statistics) and have a closed-form GRADIENTS entry.
     box             fn(pred [N, 4], target [N, 4], **params) -> [N]; decoded xyxy boxes in pixels.
     delta           fn(pred [N, K], target [N, K], **params) -> [N, K]; encoded deltas / distances.
     distribution    fn(logits [N, R], target [N] float in [0, R - 1]) -> [N]; GFL's DFL.
@@ -16,14 +18,13 @@ up in the tables below and lists the valid names when it is unknown.
 """
 import difflib
 
-from .focal import (
-    binary_cross_entropy,
-    distribution_focal_loss,
+from .equalized import (
     equalized_focal_grad,
     equalized_focal_loss,
-    quality_focal_loss,
-    sigmoid_focal_loss,
+    equalized_quality_focal_grad,
+    equalized_quality_focal_loss,
 )
+from .focal import binary_cross_entropy, distribution_focal_loss, quality_focal_loss, sigmoid_focal_loss, target_entries
 from .iou import aligned_iou, ciou_loss, diou_loss, eiou_loss, focal_eiou_loss, giou_loss, iou_loss
 from .regression import focal_l1_loss, l1_loss, smooth_l1_loss
 
@@ -31,7 +32,15 @@ CLASSIFICATION_LOSSES = {
     'focal': sigmoid_focal_loss,
     'quality_focal': quality_focal_loss,
     'equalized_focal': equalized_focal_loss,
+    'equalized_quality_focal': equalized_quality_focal_loss,
     'bce': binary_cross_entropy,
+}
+# Classification losses that take one-hot targets only: a head family that trains soft (IoU) targets cannot use them.
+ONE_HOT_ONLY = ('focal', 'equalized_focal')
+# Losses driven by per-class gradient statistics (pos_neg): name -> closed-form d(sum of loss) / d logits [N, C].
+GRADIENTS = {
+    'equalized_focal': equalized_focal_grad,
+    'equalized_quality_focal': equalized_quality_focal_grad,
 }
 BOX_LOSSES = {
     'iou': iou_loss,
@@ -74,9 +83,10 @@ def get_loss(name):
 
 
 __all__ = [
-    'CLASSIFICATION_LOSSES', 'BOX_LOSSES', 'DELTA_LOSSES', 'DISTRIBUTION_LOSSES', 'LOSS_TABLES',
-    'get_loss', 'loss_kind', 'aligned_iou', 'equalized_focal_grad',
-    'sigmoid_focal_loss', 'quality_focal_loss', 'equalized_focal_loss', 'distribution_focal_loss',
+    'CLASSIFICATION_LOSSES', 'BOX_LOSSES', 'DELTA_LOSSES', 'DISTRIBUTION_LOSSES', 'LOSS_TABLES', 'ONE_HOT_ONLY',
+    'GRADIENTS', 'get_loss', 'loss_kind', 'target_entries', 'aligned_iou', 'binary_cross_entropy',
+    'sigmoid_focal_loss', 'quality_focal_loss', 'equalized_focal_loss', 'equalized_focal_grad',
+    'equalized_quality_focal_loss', 'equalized_quality_focal_grad', 'distribution_focal_loss',
     'iou_loss', 'giou_loss', 'diou_loss', 'ciou_loss', 'eiou_loss', 'focal_eiou_loss',
     'l1_loss', 'smooth_l1_loss', 'focal_l1_loss',
 ]

@@ -3,44 +3,81 @@
 Shapes: N rows (anchors), C foreground classes (one sigmoid per class, no background logit),
 R = reg_max + 1 distribution bins. Nothing is reduced here; the criterion sums and normalises.
 Formulas: ../shared/REFERENCE.md, section "Losses". p = sigmoid(logit) throughout.
+
+Classification targets are given by index, never as a dense [N, C] tensor: row i has target
+scores[i] (1 when scores is None: one-hot) at class labels[i], and 0 at every other class; a label
+outside [0, C) (the criterion's -1 for background) gives an all-zero row. With C = 1203 (LVIS) a
+dense target would be as large as the logits. Each loss is written as its target-0 form over all
+entries, then the entries that hold a target (at most one per row) are overwritten in place.
 """
 import torch
 import torch.nn.functional as F
 
 
-def _alpha_balance(loss, targets, alpha):
-    """alpha_t = alpha where target is 1 and 1 - alpha where it is 0; alpha < 0 disables it."""
-    if alpha < 0:
-        return loss
-    return loss * (alpha * targets + (1 - alpha) * (1 - targets))
+def target_entries(labels, num_classes):
+    """(rows [P], columns [P]) of the entries that hold a target: rows whose label lies in [0, C)."""
+    rows = ((labels >= 0) & (labels < num_classes)).nonzero().squeeze(1)
+    return rows, labels[rows]
 
 
-def binary_cross_entropy(logits, targets):
-    """Plain sigmoid BCE, elementwise: -[y log p + (1 - y) log(1 - p)] (ATSS centerness). Any shape."""
-    return F.binary_cross_entropy_with_logits(logits, targets, reduction='none')
+def target_scores(scores, rows, like):
+    """Target value of each entry that holds one: scores[rows] ([P]), or ones (one-hot) when scores is None."""
+    if scores is None:
+        return like.new_ones(rows.shape[0])
+    return scores[rows].to(like.dtype)
 
 
-def sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0):
-    """Focal loss (Lin et al. 2017): FL = -alpha_t (1 - p_t)^gamma log p_t.
+def require_one_hot(scores, name):
+    """One-hot-only losses refuse soft scores (the criterion rejects such pairs at config time)."""
+    if scores is not None:
+        raise ValueError(f"{name} takes one-hot targets only (scores must be None); "
+                         "quality_focal and equalized_quality_focal take soft scores")
 
-    p_t = p where t = 1 and 1 - p where t = 0. -log p_t is computed as BCE with logits, so large
-    logits do not overflow. gamma = 0 with alpha < 0 is plain BCE. Same numbers as
-    torchvision.ops.sigmoid_focal_loss and mmdetection's py_sigmoid_focal_loss.
+
+def binary_cross_entropy(logits, labels, scores=None):
+    """Plain sigmoid BCE, elementwise: -[y log p + (1 - y) log(1 - p)] (ATSS centerness: C = 1, scores the
+    centerness targets).
 
     Args:
-        logits: [N, C] raw scores.
-        targets: [N, C] float, one-hot rows (all zeros for background).
+        logits: [N, C]. labels: [N] long (outside [0, C): no target). scores: [N] float or None (one-hot).
     Returns:
         [N, C] element-wise loss.
     """
-    prob = torch.sigmoid(logits)
-    cross_entropy = F.binary_cross_entropy_with_logits(logits, targets, reduction='none')
-    prob_true = prob * targets + (1 - prob) * (1 - targets)
-    loss = cross_entropy * (1 - prob_true).pow(gamma)
-    return _alpha_balance(loss, targets, alpha)
+    loss = F.softplus(logits)                                   # target 0: -log(1 - p) = softplus(x)
+    rows, columns = target_entries(labels, logits.shape[-1])
+    x = logits[rows, columns]
+    loss[rows, columns] = F.softplus(x) - x * target_scores(scores, rows, logits)
+    return loss
 
 
-def quality_focal_loss(logits, targets, beta=2.0):
+def sigmoid_focal_loss(logits, labels, scores=None, alpha=0.25, gamma=2.0):
+    """Focal loss (Lin et al. 2017): FL = -alpha_t (1 - p_t)^gamma log p_t, one-hot targets.
+
+    p_t = p where t = 1 and 1 - p where t = 0; alpha_t = alpha where t = 1 and 1 - alpha where t = 0
+    (alpha < 0 disables it). -log p_t is a softplus, so large logits do not overflow. gamma = 0 with
+    alpha < 0 is plain BCE. Same numbers as torchvision.ops.sigmoid_focal_loss and mmdetection's
+    py_sigmoid_focal_loss on one-hot targets.
+
+    Args:
+        logits: [N, C] raw scores.
+        labels: [N] long, the class of each row's 1, or outside [0, C) for an all-zero row.
+        scores: must be None (one-hot only).
+    Returns:
+        [N, C] element-wise loss.
+    """
+    require_one_hot(scores, "focal")
+    negative_weight, positive_weight = (1.0, 1.0) if alpha < 0 else (1 - alpha, alpha)
+    # target 0: (1 - alpha) p^gamma softplus(x), since 1 - p_t = p and -log(1 - p) = softplus(x). The scale is
+    # applied in place: pow's backward needs its input, not its output, so no second [N, C] tensor is made.
+    modulating = torch.sigmoid(logits).pow(gamma).mul_(negative_weight)
+    loss = F.softplus(logits) * modulating
+    rows, columns = target_entries(labels, logits.shape[-1])
+    x = logits[rows, columns]
+    loss[rows, columns] = positive_weight * torch.sigmoid(-x).pow(gamma) * F.softplus(-x)
+    return loss
+
+
+def quality_focal_loss(logits, labels, scores=None, beta=2.0):
     """Quality Focal Loss (Li et al. 2020, GFL): QFL = BCE(x, y) * |y - sigmoid(x)|^beta.
 
     y is the soft target: the IoU of the (detached) decoded box with its GT at the GT class,
@@ -49,12 +86,16 @@ def quality_focal_loss(logits, targets, beta=2.0):
 
     Args:
         logits: [N, C] raw joint class-quality scores.
-        targets: [N, C] float soft scores in [0, 1].
+        labels: [N] long GT class of positive rows, outside [0, C) for the others.
+        scores: [N] float soft scores in [0, 1] (read at rows with a label), or None for 1 (one-hot).
     Returns:
         [N, C] element-wise loss (mmdetection sums it over classes; the criterion decides).
     """
-    modulating = (targets - torch.sigmoid(logits)).abs().pow(beta)
-    return F.binary_cross_entropy_with_logits(logits, targets, reduction='none') * modulating
+    loss = F.softplus(logits) * torch.sigmoid(logits).pow(beta)  # target 0: BCE(x, 0) p^beta
+    rows, columns = target_entries(labels, logits.shape[-1])
+    x, y = logits[rows, columns], target_scores(scores, rows, logits)
+    loss[rows, columns] = (F.softplus(x) - x * y) * (y - torch.sigmoid(x)).abs().pow(beta)
+    return loss
 
 
 def distribution_focal_loss(logits, target):
@@ -82,61 +123,3 @@ def distribution_focal_loss(logits, target):
     log_left = log_prob.gather(-1, left.unsqueeze(-1)).squeeze(-1)  # [N]
     log_right = log_prob.gather(-1, right.unsqueeze(-1)).squeeze(-1)  # [N]
     return -(weight_left * log_left + weight_right * log_right)
-
-
-def _signed_terms(logits, targets):
-    """For one-hot targets: p_t, 1 - p_t and -log p_t, each from a single signed logit.
-
-    z = x for t = 1 and -x for t = 0, so p_t = sigmoid(z), 1 - p_t = sigmoid(-z) (no
-    cancellation) and -log p_t = softplus(-z) (no overflow).
-    """
-    signed = logits * (2 * targets - 1)
-    return torch.sigmoid(signed), torch.sigmoid(-signed), F.softplus(-signed)
-
-
-def _equalized_focus(pos_neg, gamma, scale, like):
-    """Per-class focusing factor gamma_j = gamma + scale (1 - g_j) and weight gamma_j / gamma.
-
-    Both are constants in the backward pass ([C], broadcast over rows).
-    """
-    focus = gamma + scale * (1 - pos_neg.detach().to(like.dtype))
-    return focus, focus / gamma
-
-
-def equalized_focal_loss(logits, targets, pos_neg, alpha=0.25, gamma=2.0, scale=8.0):
-    """Equalized Focal Loss (Li et al. 2022, long-tailed detection).
-
-    EFL_ij = -alpha_t (gamma_j / gamma) (1 - p_t)^gamma_j log p_t, gamma_j = gamma + scale (1 - g_j),
-    g_j = clamp(G+_j / G-_j, 0, 1) the accumulated positive/negative gradient ratio of class j
-    (ModelTC/United-Perception efl.py). With g = 1 everywhere this is sigmoid_focal_loss.
-
-    Args:
-        logits: [N, C] raw scores.
-        targets: [N, C] float one-hot rows (all zeros for background).
-        pos_neg: [C] g_j in [0, 1], treated as a constant.
-    Returns:
-        [N, C] element-wise loss.
-    """
-    focus, weight = _equalized_focus(pos_neg, gamma, scale, logits)
-    _, prob_false, neg_log_prob_true = _signed_terms(logits, targets)
-    loss = weight * prob_false.pow(focus) * neg_log_prob_true
-    return _alpha_balance(loss, targets, alpha)
-
-
-@torch.no_grad()
-def equalized_focal_grad(logits, targets, pos_neg, alpha=0.25, gamma=2.0, scale=8.0):
-    """Closed-form d(sum of equalized_focal_loss) / d logits, element by element.
-
-    With z = (2t - 1) x, q = 1 - p_t = sigmoid(-z) and l = -log p_t = softplus(-z):
-    dL/dz = -alpha_t w_j q^gamma_j (gamma_j p_t l + q), and dL/dx = (2t - 1) dL/dz.
-    Used to accumulate G+_j / G-_j without backward hooks (REFERENCE, Equalized Focal Loss):
-    divide by the same normaliser as the loss, then sum |grad| over positive and negative entries.
-
-    Args: as equalized_focal_loss (targets must be one-hot).
-    Returns:
-        [N, C] gradient, detached.
-    """
-    focus, weight = _equalized_focus(pos_neg, gamma, scale, logits)
-    prob_true, prob_false, neg_log_prob_true = _signed_terms(logits, targets)
-    grad_signed = -weight * prob_false.pow(focus) * (focus * prob_true * neg_log_prob_true + prob_false)
-    return _alpha_balance(grad_signed * (2 * targets - 1), targets, alpha)

@@ -3,7 +3,9 @@
 Usage (from the repository root):
     python ../shared/golden/check_golden.py tests/golden_adapter.py [--dtype float32]
 The reference conventions (labels with background == C, -1 ignore, reductions, avg_factor) are
-translated here; the library functions keep ours (one-hot / soft targets, element-wise output).
+translated here; the library functions keep ours (targets by index: labels outside [0, C) are
+background rows; element-wise output). EFL's gradient collection runs through the criterion's own
+classification_loss and statistics update (detector/criterion.py), the code training runs, not a copy.
 See ../shared/golden/README.md for the schema of every file.
 """
 import os
@@ -14,7 +16,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import losses  # noqa: E402
-from detector import box_ops  # noqa: E402
+from detector import box_ops, build_criterion  # noqa: E402
+from detector.config import load_config  # noqa: E402
 
 
 def _reduce(elementwise, p):
@@ -29,24 +32,13 @@ def _reduce(elementwise, p):
     return elementwise.mean()
 
 
-def _one_hot(labels, num_classes, dtype):
-    """[N] labels, foreground 0..C-1, anything else negative -> [N, C] float one-hot."""
-    foreground = (labels >= 0) & (labels < num_classes)
-    targets = torch.zeros(labels.shape[0], num_classes, dtype=dtype)
-    rows = foreground.nonzero().squeeze(1)
-    targets[rows, labels[rows]] = 1
-    return targets
-
-
 def sigmoid_focal_loss(x, p):
-    targets = _one_hot(x['labels'], p['num_classes'], x['logits'].dtype)
-    out = losses.sigmoid_focal_loss(x['logits'], targets, alpha=p['alpha'], gamma=p['gamma'])
+    out = losses.sigmoid_focal_loss(x['logits'], x['labels'], alpha=p['alpha'], gamma=p['gamma'])
     return _reduce(out, p)
 
 
 def quality_focal_loss(x, p):
-    targets = _one_hot(x['labels'], p['num_classes'], x['logits'].dtype) * x['scores'][:, None]
-    out = losses.quality_focal_loss(x['logits'], targets, beta=p['beta'])
+    out = losses.quality_focal_loss(x['logits'], x['labels'], x['scores'], beta=p['beta'])
     return _reduce(out.sum(dim=1), p)  # mmdetection sums over classes: [N]
 
 
@@ -85,19 +77,14 @@ def bbox_overlaps(x, p):
                                  is_aligned=p['is_aligned'], eps=p['eps'])
 
 
-def _efl_inputs(logits, labels_bg_last, p):
-    """Drop ignored rows (UP removes them) and build one-hot targets (background == C)."""
-    valid = labels_bg_last != p['ignore_index']
-    return logits[valid], _one_hot(labels_bg_last[valid], p['num_classes'], logits.dtype), valid
-
-
 def _efl_params(p):
     return dict(alpha=p['focal_alpha'], gamma=p['focal_gamma'], scale=p['scale_factor'])
 
 
 def equalized_focal_loss(x, p):
-    logits, targets, _ = _efl_inputs(x['logits'], x['labels_bg_last'], p)
-    out = losses.equalized_focal_loss(logits, targets, x['pos_neg'], **_efl_params(p))
+    kept = x['labels_bg_last'] != p['ignore_index']  # UP removes ignored rows
+    out = losses.equalized_focal_loss(x['logits'][kept], x['labels_bg_last'][kept], pos_neg=x['pos_neg'],
+                                      **_efl_params(p))
     reduction = p.get('reduction', 'none')
     if reduction == 'none':
         return out
@@ -106,34 +93,45 @@ def equalized_focal_loss(x, p):
     return out.sum() / p.get('normalizer', 1.0)  # UP's _reduce: mean means sum / normalizer
 
 
-def _efl_step(logits, labels_bg_last, pos_grad, neg_grad, pos_neg, normalizer, p):
-    """One EFL step: loss, closed-form dL/dlogits, then the G+/G- buffer update (UP collect_grad)."""
-    valid_logits, targets, valid = _efl_inputs(logits, labels_bg_last, p)
-    loss = losses.equalized_focal_loss(valid_logits, targets, pos_neg, **_efl_params(p)).sum() / normalizer
-    grad_valid = losses.equalized_focal_grad(valid_logits, targets, pos_neg, **_efl_params(p)) / normalizer
-    grad = torch.zeros_like(logits)
-    grad[valid] = grad_valid
-    pos_grad = pos_grad + (grad_valid.abs() * targets).sum(dim=0)
-    neg_grad = neg_grad + (grad_valid.abs() * (1 - targets)).sum(dim=0)
-    pos_neg = (pos_grad / (neg_grad + 1e-10)).clamp(0, 1)
-    return dict(loss=loss, grad_logits=grad, pos_grad=pos_grad, neg_grad=neg_grad, pos_neg=pos_neg)
+def _efl_criterion(p):
+    """The RetinaNet criterion with EFL of these parameters: its classification_loss and statistics are tested."""
+    params = _efl_params(p)
+    cfg = load_config(None, ["model.loss_cls.type=equalized_focal"]
+                      + [f"model.loss_cls.params.{key}={value}" for key, value in params.items()])
+    return build_criterion(cfg.model, p['num_classes']).train()
+
+
+def _efl_step(criterion, logits, labels_bg_last, normalizer, p):
+    """One training step of the criterion's classification loss on a batch of one image with N anchors:
+    loss, dL/dlogits by autograd, and the statistics the criterion accumulated (UP's collect_grad)."""
+    num_classes = p['num_classes']
+    valid = labels_bg_last != p['ignore_index']                                  # ignored rows take no loss
+    labels = torch.where((labels_bg_last >= 0) & (labels_bg_last < num_classes), labels_bg_last, -1)
+    logits = logits.detach().clone().requires_grad_()
+    normaliser = torch.tensor(float(normalizer), dtype=logits.dtype)
+    loss = criterion.classification_loss(logits[None], labels[None], None, valid[None], normaliser)
+    (grad,) = torch.autograd.grad(loss, logits)
+    state = {key: getattr(criterion, f'efl_{key}').to(logits.dtype) for key in ('pos_grad', 'neg_grad', 'pos_neg')}
+    return dict(loss=loss.detach(), grad_logits=grad, **state)
 
 
 def efl_grad_collect(x, p):
-    if p.get('two_step'):
-        num_classes = p['num_classes']
-        dtype = x['logits_step1'].dtype
-        zeros = torch.zeros(num_classes, dtype=dtype)
-        state = dict(pos_grad=zeros, neg_grad=zeros, pos_neg=torch.ones(num_classes, dtype=dtype))
+    criterion = _efl_criterion(p)
+    if p.get('two_step'):  # buffers as the criterion starts them: zeros, zeros, ones
         for step in ('step1', 'step2'):
-            state = _efl_step(x[f'logits_{step}'], x[f'labels_bg_last_{step}'], state['pos_grad'],
-                              state['neg_grad'], state['pos_neg'], p[f'normalizer_{step}'], p)
+            state = _efl_step(criterion, x[f'logits_{step}'], x[f'labels_bg_last_{step}'], p[f'normalizer_{step}'], p)
         return state
-    state = _efl_step(x['logits'], x['labels_bg_last'], x['pos_grad'], x['neg_grad'], x['pos_neg'],
-                      p['normalizer'], p)
-    logits, targets, _ = _efl_inputs(x['logits'], x['labels_bg_last'], p)
-    next_loss = losses.equalized_focal_loss(logits, targets, state['pos_neg'], **_efl_params(p))
-    state['next_loss_sum'] = next_loss.sum()
+    for key in ('pos_grad', 'neg_grad', 'pos_neg'):
+        getattr(criterion, f'efl_{key}').copy_(x[key])
+    state = _efl_step(criterion, x['logits'], x['labels_bg_last'], p['normalizer'], p)
+    # next_loss_sum: the EFL sum with the updated statistics, from the criterion (evaluation: no update)
+    with torch.no_grad():
+        criterion.eval()
+        normaliser = torch.tensor(1.0, dtype=x['logits'].dtype)
+        labels = x['labels_bg_last']
+        state['next_loss_sum'] = criterion.classification_loss(
+            x['logits'][None], torch.where(labels < p['num_classes'], labels, -1)[None], None,
+            (labels != p['ignore_index'])[None], normaliser)
     return state
 
 

@@ -111,9 +111,13 @@ def test_gfl_quality_focal_target_is_the_iou_of_the_decoded_prediction():
     criterion = build_criterion(cfg.model, NUM_CLASSES)
     captured = {}
 
-    def recording_qfl(logits, cls_targets, **params):
-        captured["targets"] = cls_targets
-        return criterion_qfl(logits, cls_targets, **params)
+    def recording_qfl(logits, labels, scores, **params):
+        # the targets the loss received, densified here: [B * A, C] with scores[i] at labels[i] of positive rows
+        dense = torch.zeros_like(logits)
+        rows = (labels >= 0).nonzero().squeeze(1)
+        dense[rows, labels[rows]] = scores[rows]
+        captured["targets"] = dense
+        return criterion_qfl(logits, labels, scores, **params)
     criterion_qfl, criterion.cls_fn = criterion.cls_fn, recording_qfl
     losses = criterion(outputs, targets)
 

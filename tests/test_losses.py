@@ -22,49 +22,87 @@ def generator():
 
 @pytest.fixture
 def classification_inputs(generator):
+    """logits [40, 6], labels [40] in -1..5 (-1: background row) and the same targets as a dense one-hot [40, 6]."""
     logits = torch.randn(40, 6, generator=generator, dtype=torch.float64) * 3
-    targets = (torch.rand(40, 6, generator=generator) < 0.3).double()
-    return logits, targets
+    labels = torch.randint(-1, 6, (40,), generator=generator)
+    labels[:3] = torch.tensor([-1, 0, 5])
+    dense = F.one_hot(labels.clamp(min=0), 6).double() * (labels >= 0).double()[:, None]
+    return logits, labels, dense
 
 
 def test_focal_matches_torchvision(classification_inputs):
     torchvision_ops = pytest.importorskip('torchvision.ops')
-    logits, targets = classification_inputs
+    logits, labels, dense = classification_inputs
     for alpha, gamma in [(0.25, 2.0), (-1, 2.0), (0.5, 0.0), (0.25, 1.5)]:
-        expected = torchvision_ops.sigmoid_focal_loss(logits, targets, alpha, gamma, reduction='none')
-        ours = losses.sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma)
+        expected = torchvision_ops.sigmoid_focal_loss(logits, dense, alpha, gamma, reduction='none')
+        ours = losses.sigmoid_focal_loss(logits, labels, alpha=alpha, gamma=gamma)
         assert ours.shape == (40, 6)
         torch.testing.assert_close(ours, expected)
 
 
+def test_focal_gradient_matches_torchvision(classification_inputs):
+    """The in-place writes at the target entries keep autograd exact (same gradient as the dense form)."""
+    torchvision_ops = pytest.importorskip('torchvision.ops')
+    logits, labels, dense = classification_inputs
+    ours, reference = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    losses.sigmoid_focal_loss(ours, labels).sum().backward()
+    torchvision_ops.sigmoid_focal_loss(reference, dense, reduction='sum').backward()
+    torch.testing.assert_close(ours.grad, reference.grad)
+
+
 def test_focal_gamma_zero_without_alpha_is_bce(classification_inputs):
-    logits, targets = classification_inputs
-    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction='none')
-    torch.testing.assert_close(losses.sigmoid_focal_loss(logits, targets, alpha=-1, gamma=0.0), bce)
+    logits, labels, dense = classification_inputs
+    bce = F.binary_cross_entropy_with_logits(logits, dense, reduction='none')
+    torch.testing.assert_close(losses.sigmoid_focal_loss(logits, labels, alpha=-1, gamma=0.0), bce)
+    torch.testing.assert_close(losses.binary_cross_entropy(logits, labels), bce)
+
+
+def test_one_hot_losses_refuse_soft_scores(classification_inputs):
+    logits, labels, _ = classification_inputs
+    scores = torch.full((40,), 0.5, dtype=torch.float64)
+    for name in losses.ONE_HOT_ONLY:
+        with pytest.raises(ValueError, match='one-hot'):
+            losses.get_loss(name)(logits, labels, scores, **({'pos_neg': torch.ones(6)} if name in losses.GRADIENTS
+                                                             else {}))
 
 
 def test_focal_is_finite_for_huge_logits():
     logits = torch.tensor([[200.0, -200.0]])
-    loss = losses.sigmoid_focal_loss(logits, torch.tensor([[0.0, 1.0]]))
+    loss = losses.sigmoid_focal_loss(logits, torch.tensor([1]))
     assert torch.isfinite(loss).all() and loss.min() > 1.0
 
 
 def test_quality_focal_minimum_at_target():
     scores = torch.tensor([0.0, 0.1, 0.37, 0.5, 0.83, 1.0], dtype=torch.float64)
-    logits = torch.logit(scores.clamp(1e-9, 1 - 1e-9)).requires_grad_()
-    loss = losses.quality_focal_loss(logits, scores)
+    logits = torch.logit(scores.clamp(1e-9, 1 - 1e-9))[:, None].requires_grad_()        # [6, 1]
+    labels = torch.zeros(6, dtype=torch.long)
+    loss = losses.quality_focal_loss(logits, labels, scores)
     loss.sum().backward()
     assert logits.grad.abs().max() < 1e-6
     interior = slice(1, -1)  # at y = 0 or 1 the clamped logit is not exactly at the minimum
     for shift in (-0.3, 0.3):
-        shifted = losses.quality_focal_loss(logits.detach() + shift, scores)
+        shifted = losses.quality_focal_loss(logits.detach() + shift, labels, scores)
         assert (shifted[interior] > loss.detach()[interior] + 1e-5).all()
 
 
 def test_quality_focal_with_zero_target_is_bce_times_sigmoid_power():
     logits = torch.tensor([[-2.0, 0.0, 3.0]], dtype=torch.float64)
     expected = F.softplus(logits) * torch.sigmoid(logits) ** 2
-    torch.testing.assert_close(losses.quality_focal_loss(logits, torch.zeros_like(logits)), expected)
+    torch.testing.assert_close(losses.quality_focal_loss(logits, torch.tensor([-1])), expected)
+
+
+def _quality_focal_dense(logits, dense, beta=2.0):
+    """QFL from its formula on a dense target (the golden README's): BCE(x, y) |y - sigmoid(x)|^beta."""
+    bce = F.binary_cross_entropy_with_logits(logits, dense, reduction='none')
+    return bce * (dense - logits.sigmoid()).abs() ** beta
+
+
+def test_quality_focal_with_soft_scores_matches_the_dense_formula(classification_inputs, generator):
+    logits, labels, dense = classification_inputs
+    scores = torch.rand(40, generator=generator, dtype=torch.float64)
+    expected = _quality_focal_dense(logits, dense * scores[:, None])
+    torch.testing.assert_close(losses.quality_focal_loss(logits, labels, scores), expected)
+    torch.testing.assert_close(losses.quality_focal_loss(logits, labels), _quality_focal_dense(logits, dense))
 
 
 def test_distribution_focal_at_integer_is_cross_entropy(generator):
@@ -85,16 +123,16 @@ def test_distribution_focal_interpolates_and_accepts_last_bin(generator):
 
 
 def test_equalized_focal_with_unit_buffer_is_focal(classification_inputs):
-    logits, targets = classification_inputs
+    logits, labels, _ = classification_inputs
     ones = torch.ones(6, dtype=torch.float64)
-    torch.testing.assert_close(losses.equalized_focal_loss(logits, targets, ones),
-                               losses.sigmoid_focal_loss(logits, targets))
+    torch.testing.assert_close(losses.equalized_focal_loss(logits, labels, pos_neg=ones),
+                               losses.sigmoid_focal_loss(logits, labels))
 
 
 def test_equalized_focal_weights_rare_classes():
-    logits, targets = torch.tensor([[1.0, 1.0]]), torch.tensor([[0.0, 0.0]])
+    logits, labels = torch.tensor([[1.0, 1.0]]), torch.tensor([-1])
     pos_neg = torch.tensor([1.0, 0.0])
-    loss = losses.equalized_focal_loss(logits, targets, pos_neg, alpha=-1)
+    loss = losses.equalized_focal_loss(logits, labels, pos_neg=pos_neg, alpha=-1)
     prob = torch.sigmoid(torch.tensor(1.0))
     expected = torch.stack([prob ** 2, 5 * prob ** 10]) * F.softplus(torch.tensor(1.0))
     torch.testing.assert_close(loss[0], expected)
@@ -102,14 +140,50 @@ def test_equalized_focal_weights_rare_classes():
 
 @pytest.mark.parametrize('alpha', [0.25, -1])
 def test_equalized_focal_closed_form_gradient_matches_autograd(classification_inputs, generator, alpha):
-    logits, targets = classification_inputs
+    logits, labels, _ = classification_inputs
     pos_neg = torch.rand(6, generator=generator, dtype=torch.float64)
     pos_neg[0] = 1.0
     logits = logits.clone().requires_grad_()
-    losses.equalized_focal_loss(logits, targets, pos_neg, alpha=alpha, scale=4.0).sum().backward()
-    closed_form = losses.equalized_focal_grad(logits, targets, pos_neg, alpha=alpha, scale=4.0)
+    losses.equalized_focal_loss(logits, labels, pos_neg=pos_neg, alpha=alpha, scale=4.0).sum().backward()
+    closed_form = losses.equalized_focal_grad(logits, labels, pos_neg=pos_neg, alpha=alpha, scale=4.0)
     assert not closed_form.requires_grad
     torch.testing.assert_close(closed_form, logits.grad)
+
+
+def test_equalized_quality_focal_with_unit_buffer_is_quality_focal(classification_inputs, generator):
+    logits, labels, _ = classification_inputs
+    scores = torch.rand(40, generator=generator, dtype=torch.float64)
+    ones = torch.ones(6, dtype=torch.float64)
+    torch.testing.assert_close(losses.equalized_quality_focal_loss(logits, labels, scores, pos_neg=ones),
+                               losses.quality_focal_loss(logits, labels, scores))
+
+
+def test_equalized_quality_focal_by_hand():
+    """w_j BCE(x, y) |y - p|^gamma_j, gamma_j = 2 + 8 (1 - g_j), w_j = gamma_j / 2: one soft positive, one negative."""
+    logits = torch.tensor([[0.5, -1.0]], dtype=torch.float64)
+    pos_neg = torch.tensor([0.75, 0.5], dtype=torch.float64)                   # gamma = (4, 6), w = (2, 3)
+    loss = losses.equalized_quality_focal_loss(logits, torch.tensor([0]), torch.tensor([0.6], dtype=torch.float64),
+                                               pos_neg=pos_neg)
+    p0, p1 = 1 / (1 + math.exp(-0.5)), 1 / (1 + math.exp(1.0))
+    positive = 2 * -(0.6 * math.log(p0) + 0.4 * math.log(1 - p0)) * abs(0.6 - p0) ** 4
+    negative = 3 * -math.log(1 - p1) * p1 ** 6
+    torch.testing.assert_close(loss[0], torch.tensor([positive, negative], dtype=torch.float64))
+
+
+@pytest.mark.parametrize('scale', [8.0, 4.0])
+def test_equalized_quality_focal_closed_form_gradient_matches_autograd(classification_inputs, generator, scale):
+    logits, labels, _ = classification_inputs
+    scores = torch.rand(40, generator=generator, dtype=torch.float64)
+    scores[1] = 0.0                                                  # a positive whose IoU is 0
+    logits = logits.clone()
+    logits[2, 5] = torch.logit(scores[2])                            # p = y exactly: the minimum, gradient 0
+    pos_neg = torch.rand(6, generator=generator, dtype=torch.float64)
+    logits.requires_grad_()
+    losses.equalized_quality_focal_loss(logits, labels, scores, pos_neg=pos_neg, scale=scale).sum().backward()
+    closed_form = losses.equalized_quality_focal_grad(logits, labels, scores, pos_neg=pos_neg, scale=scale)
+    assert not closed_form.requires_grad
+    torch.testing.assert_close(closed_form, logits.grad)
+    assert abs(closed_form[2, 5]) < 1e-12
 
 
 def test_focal_l1_continuity_and_gradient_peak():
