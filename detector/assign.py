@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import torch
 
-from detector.box_ops import box_iou
+from detector.box_ops import box_iou, box_iou_aligned
 
 BACKGROUND = -1
 IGNORE = -2
+CHUNK_ELEMENTS = 2 ** 23  # [B, m, A] temporaries of at most 8M elements (32 MB in float32) per chunk of GTs
 
 
 def _batched_iou(gt_boxes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
@@ -124,7 +125,8 @@ def max_iou_assign(anchors: torch.Tensor,
       4. Crowd rule: a non-positive anchor with IoF >= ``crowd_iof_thr`` to a crowd box -> -2.
     An image without matchable GT gets all -1 (before the crowd rule). Anchors outside their image's
     padded area (``anchors_valid`` False) take no part in steps 1-3 and are -2 (mmdetection assigns only
-    the anchors inside each image).
+    the anchors inside each image). The GTs are taken in chunks whose [B, m, A] IoU stays within
+    ``CHUNK_ELEMENTS``, so hundreds of GTs per image cost time, not memory.
 
     Args:
         anchors: [A, 4] xyxy anchors of all levels.
@@ -134,7 +136,7 @@ def max_iou_assign(anchors: torch.Tensor,
         pos_iou_thr: IoU at or above which an anchor is positive.
         neg_iou_thr: IoU below which an anchor is background.
         min_pos_iou: smallest best-IoU for which a GT takes its low-quality matches.
-        low_quality: ``'mmdet'``, ``'torchvision'`` or ``'none'``.
+        low_quality: ``'mmdet'``, ``'torchvision'`` or ``'none'`` (model.assigner.low_quality).
         crowd_iof_thr: IoF with a crowd box at or above which a non-positive anchor is ignored; < 0 (default,
             mmdetection's ignore_iof_thr -1) turns the rule off and crowd boxes are only never positive.
         anchors_valid: optional [B, A] bool, False for anchors outside the image's own padded area.
@@ -143,43 +145,43 @@ def max_iou_assign(anchors: torch.Tensor,
         matched: [B, A] int64, GT index >= 0, -1 background, -2 ignore.
         max_iou: [B, A] largest IoU of each anchor with a matchable GT (0 if the image has none).
     """
-    if low_quality not in ('mmdet', 'torchvision', 'none'):
-        raise ValueError(f"low_quality must be 'mmdet', 'torchvision' or 'none', got {low_quality!r}")
     anchors, gt_boxes, gt_valid, gt_crowd = _prepare(anchors, gt_boxes, gt_valid, gt_crowd)
     batch_size, max_gts = gt_boxes.shape[:2]
     num_anchors, dtype, device = anchors.shape[0], anchors.dtype, anchors.device
-    if max_gts == 0 or num_anchors == 0:
-        matched = torch.full((batch_size, num_anchors), BACKGROUND, dtype=torch.long, device=device)
-        max_iou = torch.zeros((batch_size, num_anchors), dtype=dtype, device=device)
-        matched = _apply_crowd_rule(matched, gt_boxes, gt_valid, gt_crowd, anchors, crowd_iof_thr)
-        return _ignore_invalid(matched, anchors_valid), max_iou
-
     matchable = _matchable(gt_valid, gt_crowd)                                    # [B, M]
-    iou = _batched_iou(gt_boxes, anchors)                                         # [B, M, A]
-    usable = matchable[:, :, None] if anchors_valid is None else matchable[:, :, None] & anchors_valid[:, None]
-    iou = torch.where(usable, iou, torch.full_like(iou, -1.0))
-    max_iou, argmax_gt = iou.max(dim=1)                                           # [B, A]
+    max_iou = torch.full((batch_size, num_anchors), -1.0, dtype=dtype, device=device)
+    argmax_gt = torch.zeros((batch_size, num_anchors), dtype=torch.long, device=device)
+    low_quality_gt = torch.full((batch_size, num_anchors), -1, dtype=torch.long, device=device)
+    for first, last in _chunks(max_gts, batch_size * num_anchors):
+        usable = matchable[:, first:last, None]
+        if anchors_valid is not None:
+            usable = usable & anchors_valid[:, None]
+        iou = torch.where(usable, _batched_iou(gt_boxes[:, first:last], anchors), -1.0)   # [B, m, A]
+        chunk_max, chunk_argmax = iou.max(dim=1)                                  # [B, A]
+        better = chunk_max > max_iou                                              # earlier GTs win ties
+        max_iou = torch.where(better, chunk_max, max_iou)
+        argmax_gt = torch.where(better, chunk_argmax + first, argmax_gt)
+        if low_quality != 'none':
+            gt_best_iou = iou.amax(dim=2, keepdim=True)                           # [B, m, 1]
+            is_best_anchor = (iou == gt_best_iou) & matchable[:, first:last, None] & (gt_best_iou >= min_pos_iou)
+            if low_quality == 'mmdet':   # the last GT whose best anchor this is
+                gt_index = torch.arange(first, last, device=device).view(1, -1, 1)
+                chunk_last = torch.where(is_best_anchor, gt_index, -1).amax(dim=1)
+            else:                        # torchvision: some GT's best anchor, matched to its own argmax
+                chunk_last = torch.where(is_best_anchor.any(dim=1), 0, -1)
+            low_quality_gt = torch.maximum(low_quality_gt, chunk_last)
 
     matched = torch.full((batch_size, num_anchors), IGNORE, dtype=torch.long, device=device)
-    matched = torch.where(max_iou < neg_iou_thr, torch.full_like(matched, BACKGROUND), matched)
+    matched = torch.where(max_iou < neg_iou_thr, BACKGROUND, matched)
     matched = torch.where(max_iou >= pos_iou_thr, argmax_gt, matched)
-
-    if low_quality != 'none':
-        gt_best_iou = iou.amax(dim=2, keepdim=True)                               # [B, M, 1]
-        takes_low_quality = matchable[:, :, None] & (gt_best_iou >= min_pos_iou)
-        is_best_anchor = (iou == gt_best_iou) & takes_low_quality                 # [B, M, A]
-        if low_quality == 'mmdet':
-            gt_index = torch.arange(max_gts, device=device).view(1, max_gts, 1)
-            last_gt = torch.where(is_best_anchor, gt_index, torch.full_like(gt_index, -1)).amax(dim=1)
-            matched = torch.where(last_gt >= 0, last_gt, matched)
-        else:
-            matched = torch.where(is_best_anchor.any(dim=1), argmax_gt, matched)
-
+    if low_quality == 'mmdet':
+        matched = torch.where(low_quality_gt >= 0, low_quality_gt, matched)
+    elif low_quality == 'torchvision':
+        matched = torch.where(low_quality_gt >= 0, argmax_gt, matched)
     has_gt = matchable.any(dim=1, keepdim=True)                                   # [B, 1]
-    matched = torch.where(has_gt, matched, torch.full_like(matched, BACKGROUND))
-    max_iou = max_iou.clamp(min=0)
+    matched = torch.where(has_gt, matched, BACKGROUND)
     matched = _apply_crowd_rule(matched, gt_boxes, gt_valid, gt_crowd, anchors, crowd_iof_thr)
-    return _ignore_invalid(matched, anchors_valid), max_iou
+    return _ignore_invalid(matched, anchors_valid), max_iou.clamp(min=0)
 
 
 @torch.no_grad()
@@ -195,11 +197,12 @@ def atss_assign(anchors: torch.Tensor,
     """Adaptive Training Sample Selection (ATSS), batched, with mmdet ``ATSSAssigner`` semantics.
 
     Steps, for every image and every matchable GT at once:
-      1. IoU between each anchor box and each GT (mmdet ``bbox_overlaps``).
-      2. L2 distance between anchor centres and GT centres (with the square root, as mmdetection: a tie it
+      1. L2 distance between anchor centres and GT centres (with the square root, as mmdetection: a tie it
          creates or keeps is then broken by torch.topk exactly as in mmdetection).
-      3. Per level, the k = min(topk * anchors_per_location, anchors in the level) anchors with
+      2. Per level, the k = min(topk * anchors_per_location, anchors in the level) anchors with
          the nearest centres are candidates (a level with fewer anchors than k gives all of them).
+      3. IoU between each candidate anchor box and the GT (mmdet ``bbox_overlaps``; only the K candidates
+         of a GT are ever compared with it, so no [B, M, A] IoU is formed).
       4. Threshold per GT = mean + std of the candidates' IoUs over all levels; std is unbiased
          (``torch.std`` default), so a GT with a single candidate gets NaN and no positive.
       5. A candidate is positive when IoU >= threshold and the anchor centre lies strictly
@@ -209,7 +212,8 @@ def atss_assign(anchors: torch.Tensor,
       7. Crowd rule: a non-positive anchor with IoF >= ``crowd_iof_thr`` to a crowd box -> -2.
     Padding and crowd GTs never have candidates that become positive. Anchors outside their image's padded
     area (``anchors_valid`` False) are never candidates (k counts the valid anchors of the level, as
-    mmdetection's num_level_anchors_inside) and are -2.
+    mmdetection's num_level_anchors_inside) and are -2. The distances of step 1 are formed level by level
+    and in chunks of GTs within ``CHUNK_ELEMENTS``.
 
     Args:
         anchors: [A, 4] xyxy anchors of all levels, level-major.
@@ -232,34 +236,34 @@ def atss_assign(anchors: torch.Tensor,
     num_anchors, dtype, device = anchors.shape[0], anchors.dtype, anchors.device
     if sum(num_anchors_per_level) != num_anchors:
         raise ValueError(f'num_anchors_per_level sums to {sum(num_anchors_per_level)}, expected {num_anchors}')
-    matched = torch.full((batch_size, num_anchors), BACKGROUND, dtype=torch.long, device=device)
-    iou_threshold = torch.zeros((batch_size, max_gts), dtype=dtype, device=device)
     if max_gts == 0 or num_anchors == 0:
+        matched = torch.full((batch_size, num_anchors), BACKGROUND, dtype=torch.long, device=device)
         matched = _apply_crowd_rule(matched, gt_boxes, gt_valid, gt_crowd, anchors, crowd_iof_thr)
-        return _ignore_invalid(matched, anchors_valid), iou_threshold
-
+        return _ignore_invalid(matched, anchors_valid), torch.zeros((batch_size, max_gts), dtype=dtype, device=device)
     matchable = _matchable(gt_valid, gt_crowd)                                    # [B, M]
-    iou = _batched_iou(gt_boxes, anchors)                                         # [B, M, A]
     anchor_centres = (anchors[:, :2] + anchors[:, 2:]) / 2.0                      # [A, 2]
     gt_centres = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2.0                    # [B, M, 2]
-    distance = (anchor_centres[None, None] - gt_centres[:, :, None]).pow(2).sum(-1).sqrt()   # [B, M, A]
-    if anchors_valid is not None:  # invalid anchors are the farthest: chosen only to fill k, then masked out
-        distance = distance.masked_fill(~anchors_valid[:, None], float('inf'))
-
-    candidate_indices = []
+    candidate_indices = []                                                        # per level [B, M, k]
     start = 0
     for level_size in num_anchors_per_level:
         k = min(topk * anchors_per_location, level_size)
+        nearest = []
+        for first, last in _chunks(max_gts, batch_size * level_size):
+            offsets = anchor_centres[None, None, start:start + level_size] - gt_centres[:, first:last, None]
+            distance = offsets.pow(2).sum(-1).sqrt()                              # [B, m, A_l]
+            if anchors_valid is not None:  # invalid anchors are the farthest: chosen only to fill k, then masked
+                distance = distance.masked_fill(~anchors_valid[:, None, start:start + level_size], float('inf'))
+            nearest.append(distance.topk(k, dim=-1, largest=False).indices + start)
         if k > 0:
-            _, nearest = distance[..., start:start + level_size].topk(k, dim=-1, largest=False)
-            candidate_indices.append(nearest + start)
+            candidate_indices.append(torch.cat(nearest, dim=1))
         start += level_size
     candidate_indices = torch.cat(candidate_indices, dim=-1)                      # [B, M, K]
-    candidate_iou = iou.gather(-1, candidate_indices)                             # [B, M, K]
+    candidate_boxes = anchors[candidate_indices]                                  # [B, M, K, 4]
+    candidate_iou = box_iou_aligned(gt_boxes[:, :, None].expand_as(candidate_boxes), candidate_boxes)
     if anchors_valid is None:
         candidate_valid = torch.ones_like(candidate_iou, dtype=torch.bool)
     else:
-        candidate_valid = anchors_valid[:, None].expand(-1, max_gts, -1).gather(-1, candidate_indices)
+        candidate_valid = torch.gather(anchors_valid[:, None].expand(-1, max_gts, -1), -1, candidate_indices)
     threshold = _masked_mean_plus_std(candidate_iou, candidate_valid)             # [B, M]
 
     candidate_centres = anchor_centres[candidate_indices]                         # [B, M, K, 2]
@@ -268,15 +272,26 @@ def atss_assign(anchors: torch.Tensor,
     centre_inside = side_distance.amin(dim=-1) > 0.01                             # [B, M, K]
     is_positive = (candidate_iou >= threshold[..., None]) & centre_inside & matchable[..., None] & candidate_valid
 
-    negative_infinity = torch.tensor(float('-inf'), dtype=dtype, device=device)
-    positive_iou = torch.full_like(iou, float('-inf'))
-    positive_iou.scatter_(-1, candidate_indices, torch.where(is_positive, candidate_iou, negative_infinity))
-    best_iou, best_gt = positive_iou.max(dim=1)                                   # [B, A]
-    matched = torch.where(best_iou > negative_infinity, best_gt, matched)
+    # An anchor positive for several GTs: the highest IoU, then the lowest GT index (scatter over anchors).
+    positive_iou = torch.where(is_positive, candidate_iou, float('-inf')).flatten(1)          # [B, M * K]
+    flat_anchor = candidate_indices.flatten(1)
+    best_iou = torch.full((batch_size, num_anchors), float('-inf'), dtype=dtype, device=device)
+    best_iou.scatter_reduce_(1, flat_anchor, positive_iou, reduce='amax')
+    gt_index = torch.arange(max_gts, device=device).view(1, -1, 1).expand_as(candidate_indices).flatten(1)
+    wins = is_positive.flatten(1) & (positive_iou == best_iou.gather(1, flat_anchor))
+    best_gt = torch.full((batch_size, num_anchors), max_gts, dtype=torch.long, device=device)
+    best_gt.scatter_reduce_(1, flat_anchor, torch.where(wins, gt_index, max_gts), reduce='amin')
+    matched = torch.where(best_gt < max_gts, best_gt, BACKGROUND)
 
-    iou_threshold = torch.where(matchable, threshold, iou_threshold)
+    iou_threshold = torch.where(matchable, threshold, 0.0)
     matched = _apply_crowd_rule(matched, gt_boxes, gt_valid, gt_crowd, anchors, crowd_iof_thr)
     return _ignore_invalid(matched, anchors_valid), iou_threshold
+
+
+def _chunks(count: int, elements_per_item: int):
+    """(first, last) ranges over `count` GTs, each chunk's [B, m, A] temporaries within CHUNK_ELEMENTS."""
+    size = max(1, CHUNK_ELEMENTS // max(elements_per_item, 1))
+    return [(first, min(first + size, count)) for first in range(0, count, size)]
 
 
 def _masked_mean_plus_std(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

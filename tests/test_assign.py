@@ -9,6 +9,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from detector import assign  # noqa: E402
 from detector.assign import atss_assign, max_iou_assign  # noqa: E402
 
 IMAGE_WIDTH, IMAGE_HEIGHT = 128, 96
@@ -159,7 +160,9 @@ def reference_atss(anchors, counts, boxes, valid, crowd, topk=9, per_location=1,
 # ----------------------------------------------------------------------------- tests
 @pytest.mark.parametrize('seed', [0, 1, 2, 3])
 @pytest.mark.parametrize('anchors_per_location', [1, 3])
-def test_atss_batched_equals_reference(seed, anchors_per_location):
+@pytest.mark.parametrize('chunk_elements', [2 ** 23, 1])          # all GTs at once, or one GT per chunk
+def test_atss_batched_equals_reference(seed, anchors_per_location, chunk_elements, monkeypatch):
+    monkeypatch.setattr(assign, 'CHUNK_ELEMENTS', chunk_elements)
     anchors, counts = atss_anchors(anchors_per_location)
     assert min(counts) < 9 * anchors_per_location                 # one level smaller than k
     gt_boxes, gt_valid, gt_crowd = random_scene(seed)
@@ -180,7 +183,9 @@ def test_atss_batched_equals_reference(seed, anchors_per_location):
 @pytest.mark.parametrize('seed', [0, 1, 2])
 @pytest.mark.parametrize('variant', ['mmdet', 'torchvision'])
 @pytest.mark.parametrize('anchors_per_location', [3, 9])
-def test_max_iou_batched_equals_reference(seed, variant, anchors_per_location):
+@pytest.mark.parametrize('chunk_elements', [2 ** 23, 3000])       # all GTs at once, or 1-2 GTs per chunk
+def test_max_iou_batched_equals_reference(seed, variant, anchors_per_location, chunk_elements, monkeypatch):
+    monkeypatch.setattr(assign, 'CHUNK_ELEMENTS', chunk_elements)
     anchors, _ = retina_anchors(anchors_per_location)
     gt_boxes, gt_valid, gt_crowd = random_scene(seed, gt_counts=(4, 0, 6))
     matched, max_iou = max_iou_assign(anchors, gt_boxes, gt_valid, gt_crowd, low_quality=variant, crowd_iof_thr=0.5)
