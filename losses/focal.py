@@ -7,24 +7,12 @@ Formulas: ../shared/REFERENCE.md, section "Losses". p = sigmoid(logit) throughou
 Classification targets are given by index, never as a dense [N, C] tensor: row i has target
 scores[i] (1 when scores is None: one-hot) at class labels[i], and 0 at every other class; a label
 outside [0, C) (the criterion's -1 for background) gives an all-zero row. With C = 1203 (LVIS) a
-dense target would be as large as the logits. Each loss is written as its target-0 form over all
-entries, then the entries that hold a target (at most one per row) are overwritten in place.
+dense target would be as large as the logits. The focal and quality losses run through
+losses/closed_form.py: their values, and a backward from their closed-form gradient.
 """
-import torch
 import torch.nn.functional as F
 
-
-def target_entries(labels, num_classes):
-    """(rows [P], columns [P]) of the entries that hold a target: rows whose label lies in [0, C)."""
-    rows = ((labels >= 0) & (labels < num_classes)).nonzero().squeeze(1)
-    return rows, labels[rows]
-
-
-def target_scores(scores, rows, like):
-    """Target value of each entry that holds one: scores[rows] ([P]), or ones (one-hot) when scores is None."""
-    if scores is None:
-        return like.new_ones(rows.shape[0])
-    return scores[rows].to(like.dtype)
+from .closed_form import focal_loss, quality_loss, target_entries, target_scores
 
 
 def require_one_hot(scores, name):
@@ -36,7 +24,7 @@ def require_one_hot(scores, name):
 
 def binary_cross_entropy(logits, labels, scores=None):
     """Plain sigmoid BCE, elementwise: -[y log p + (1 - y) log(1 - p)] (ATSS centerness: C = 1, scores the
-    centerness targets).
+    centerness targets). Plain autograd: it serves small inputs.
 
     Args:
         logits: [N, C]. labels: [N] long (outside [0, C): no target). scores: [N] float or None (one-hot).
@@ -66,15 +54,7 @@ def sigmoid_focal_loss(logits, labels, scores=None, alpha=0.25, gamma=2.0):
         [N, C] element-wise loss.
     """
     require_one_hot(scores, "focal")
-    negative_weight, positive_weight = (1.0, 1.0) if alpha < 0 else (1 - alpha, alpha)
-    # target 0: (1 - alpha) p^gamma softplus(x), since 1 - p_t = p and -log(1 - p) = softplus(x). The scale is
-    # applied in place: pow's backward needs its input, not its output, so no second [N, C] tensor is made.
-    modulating = torch.sigmoid(logits).pow(gamma).mul_(negative_weight)
-    loss = F.softplus(logits) * modulating
-    rows, columns = target_entries(labels, logits.shape[-1])
-    x = logits[rows, columns]
-    loss[rows, columns] = positive_weight * torch.sigmoid(-x).pow(gamma) * F.softplus(-x)
-    return loss
+    return focal_loss(logits, labels, float(gamma), 1.0, alpha)
 
 
 def quality_focal_loss(logits, labels, scores=None, beta=2.0):
@@ -82,7 +62,8 @@ def quality_focal_loss(logits, labels, scores=None, beta=2.0):
 
     y is the soft target: the IoU of the (detached) decoded box with its GT at the GT class,
     0 for every other entry. The minimum over p is at p = y. As in mmdetection's
-    gfocal_loss.quality_focal_loss, the modulating factor |y - p|^beta is not detached.
+    gfocal_loss.quality_focal_loss, the modulating factor |y - p|^beta is not detached
+    (its derivative is part of the gradient). beta >= 1.
 
     Args:
         logits: [N, C] raw joint class-quality scores.
@@ -91,11 +72,7 @@ def quality_focal_loss(logits, labels, scores=None, beta=2.0):
     Returns:
         [N, C] element-wise loss (mmdetection sums it over classes; the criterion decides).
     """
-    loss = F.softplus(logits) * torch.sigmoid(logits).pow(beta)  # target 0: BCE(x, 0) p^beta
-    rows, columns = target_entries(labels, logits.shape[-1])
-    x, y = logits[rows, columns], target_scores(scores, rows, logits)
-    loss[rows, columns] = (F.softplus(x) - x * y) * (y - torch.sigmoid(x)).abs().pow(beta)
-    return loss
+    return quality_loss(logits, labels, scores, float(beta), 1.0)
 
 
 def distribution_focal_loss(logits, target):

@@ -138,16 +138,47 @@ def test_equalized_focal_weights_rare_classes():
     torch.testing.assert_close(loss[0], expected)
 
 
+def _equalized_focal_dense(logits, dense, pos_neg, alpha, gamma=2.0, scale=8.0):
+    """EFL from its formula (REFERENCE.md) on a dense one-hot target, for autograd: alpha_t (gamma_j / gamma)
+    (1 - p_t)^gamma_j (-log p_t), gamma_j = gamma + scale (1 - g_j)."""
+    focus = gamma + scale * (1 - pos_neg)
+    prob = logits.sigmoid()
+    prob_true = torch.where(dense > 0, prob, 1 - prob)
+    alpha_t = torch.where(dense > 0, alpha, 1 - alpha) if alpha >= 0 else torch.ones_like(dense)
+    return alpha_t * (focus / gamma) * (1 - prob_true) ** focus * -torch.log(prob_true)
+
+
 @pytest.mark.parametrize('alpha', [0.25, -1])
-def test_equalized_focal_closed_form_gradient_matches_autograd(classification_inputs, generator, alpha):
-    logits, labels, _ = classification_inputs
+def test_equalized_focal_gradient_matches_autograd_of_the_formula(classification_inputs, generator, alpha):
+    """Our backward is the closed form (losses/closed_form.py); autograd of the formula written out above is the
+    independent check, of the values and of the gradient (equalized_focal_grad and the loss's backward)."""
+    logits, labels, dense = classification_inputs
     pos_neg = torch.rand(6, generator=generator, dtype=torch.float64)
     pos_neg[0] = 1.0
-    logits = logits.clone().requires_grad_()
-    losses.equalized_focal_loss(logits, labels, pos_neg=pos_neg, alpha=alpha, scale=4.0).sum().backward()
+    reference_logits = logits.clone().requires_grad_()
+    reference = _equalized_focal_dense(reference_logits, dense, pos_neg, alpha, scale=4.0)
+    reference.sum().backward()
+    ours = logits.clone().requires_grad_()
+    values = losses.equalized_focal_loss(ours, labels, pos_neg=pos_neg, alpha=alpha, scale=4.0)
+    values.sum().backward()
+    torch.testing.assert_close(values, reference)
+    torch.testing.assert_close(ours.grad, reference_logits.grad)
     closed_form = losses.equalized_focal_grad(logits, labels, pos_neg=pos_neg, alpha=alpha, scale=4.0)
     assert not closed_form.requires_grad
-    torch.testing.assert_close(closed_form, logits.grad)
+    torch.testing.assert_close(closed_form, reference_logits.grad)
+
+
+def test_loss_backward_scales_by_the_incoming_gradient(classification_inputs, generator):
+    """The closed-form backward multiplies by grad_output: a weighted row sum (the criterion's ignore mask) and
+    a scale reach the logits as autograd of the formula says."""
+    logits, labels, dense = classification_inputs
+    row_weights = (torch.rand(40, generator=generator) > 0.3).double() * 0.7
+    ours, reference_logits = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    (losses.sigmoid_focal_loss(ours, labels).sum(-1) * row_weights).sum().backward()
+    (_equalized_focal_dense(reference_logits, dense, torch.ones(6, dtype=torch.float64), 0.25).sum(-1)
+     * row_weights).sum().backward()
+    torch.testing.assert_close(ours.grad, reference_logits.grad)
+    assert (ours.grad[row_weights == 0] == 0).all()
 
 
 def test_equalized_quality_focal_with_unit_buffer_is_quality_focal(classification_inputs, generator):
@@ -170,20 +201,35 @@ def test_equalized_quality_focal_by_hand():
     torch.testing.assert_close(loss[0], torch.tensor([positive, negative], dtype=torch.float64))
 
 
-@pytest.mark.parametrize('scale', [8.0, 4.0])
-def test_equalized_quality_focal_closed_form_gradient_matches_autograd(classification_inputs, generator, scale):
-    logits, labels, _ = classification_inputs
+@pytest.mark.parametrize('scale', [8.0, 4.0, 0.0])
+def test_equalized_quality_focal_gradient_matches_autograd_of_the_formula(classification_inputs, generator, scale):
+    """Autograd of w_j BCE(x, y) |y - p|^gamma_j written out on a dense target is the independent check of our
+    closed-form backward and of equalized_quality_focal_grad; scale 0 is QFL itself (mmdetection's formula)."""
+    logits, labels, dense = classification_inputs
     scores = torch.rand(40, generator=generator, dtype=torch.float64)
     scores[1] = 0.0                                                  # a positive whose IoU is 0
     logits = logits.clone()
     logits[2, 5] = torch.logit(scores[2])                            # p = y exactly: the minimum, gradient 0
     pos_neg = torch.rand(6, generator=generator, dtype=torch.float64)
-    logits.requires_grad_()
-    losses.equalized_quality_focal_loss(logits, labels, scores, pos_neg=pos_neg, scale=scale).sum().backward()
+    focus = 2.0 + scale * (1 - pos_neg)
+    reference_logits = logits.clone().requires_grad_()
+    soft = dense * scores[:, None]
+    bce = F.binary_cross_entropy_with_logits(reference_logits, soft, reduction='none')
+    reference = focus / 2.0 * bce * (soft - reference_logits.sigmoid()).abs() ** focus
+    reference.sum().backward()
+    ours = logits.clone().requires_grad_()
+    values = losses.equalized_quality_focal_loss(ours, labels, scores, pos_neg=pos_neg, scale=scale)
+    values.sum().backward()
+    torch.testing.assert_close(values, reference)
+    torch.testing.assert_close(ours.grad, reference_logits.grad)
     closed_form = losses.equalized_quality_focal_grad(logits, labels, scores, pos_neg=pos_neg, scale=scale)
     assert not closed_form.requires_grad
-    torch.testing.assert_close(closed_form, logits.grad)
+    torch.testing.assert_close(closed_form, reference_logits.grad)
     assert abs(closed_form[2, 5]) < 1e-12
+    if scale == 0.0:
+        qfl_logits = logits.clone().requires_grad_()
+        losses.quality_focal_loss(qfl_logits, labels, scores).sum().backward()
+        torch.testing.assert_close(qfl_logits.grad, reference_logits.grad)
 
 
 def test_focal_l1_continuity_and_gradient_peak():
