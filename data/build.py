@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader
 from data.coco import CocoDetection, DatasetError
 from data.collate import collate
 from data.evaluation import coco_evaluate
+from data.sample_seeds import SeededBatchSampler
 from data.samplers import build_test_sampler, build_train_batch_sampler
 from data.synthetic import ensure_shapes_dataset
 from data.transforms import build_transforms
@@ -92,11 +93,14 @@ def _short(values, limit=8):
 
 
 def build_train_loader(dataset, data_cfg, seed, distributed):
+    """Training batches; each image's augmentation seeded from (seed, epoch, position) (data/sample_seeds.py), and
+    the loader's own generator, not the process's, seeds the workers: a resumed run draws what it would have."""
     batch_sampler = build_train_batch_sampler(dataset, data_cfg.batch_size, shuffle=True, seed=seed,
                                               distributed=distributed)
-    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=data_cfg.workers,
+    return DataLoader(dataset, batch_sampler=SeededBatchSampler(batch_sampler, seed), num_workers=data_cfg.workers,
                       collate_fn=functools.partial(collate, size_divisor=data_cfg.size_divisor),
-                      persistent_workers=data_cfg.workers > 0, pin_memory=torch.cuda.is_available())
+                      persistent_workers=data_cfg.workers > 0, pin_memory=torch.cuda.is_available(),
+                      generator=torch.Generator().manual_seed(seed))
 
 
 def build_test_loader(dataset, data_cfg, distributed):

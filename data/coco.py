@@ -120,7 +120,7 @@ def coco_from_dict(content):
 
 
 class CocoDetection(torch.utils.data.Dataset):
-    """Detection dataset over a COCO-format annotation file.
+    """Detection dataset over a COCO-format annotation file, held as a few flat NumPy arrays.
 
     Args:
         image_dir: folder that `file_name` is relative to.
@@ -130,13 +130,19 @@ class CocoDetection(torch.utils.data.Dataset):
         class_names: optional subset of category names to use; annotations of the other
             categories are skipped (and counted). An unknown name raises DatasetError.
     Attributes:
-        coco: pycocotools COCO over the whole file (for evaluation).
-        image_ids: image ids of the items, in item order.
         cat_ids: sorted dataset category ids; contiguous label i <-> cat_ids[i].
         cat_id_to_label: dict dataset category id -> contiguous label.
         class_names: names in label order. num_classes: len(cat_ids).
         stats: counts from loading (see the module docstring).
-    Item:
+        image_ids: image ids of the items, in item order (a list made on demand).
+        coco: pycocotools COCO of the whole file, built on first use from the file (for evaluation); never
+            part of the dataset a DataLoader worker receives.
+    Storage (detectron2's remedy for the copy-on-read growth of DataLoader workers): after loading, the images
+    and boxes live in flat arrays (ids, sizes, one UTF-8 buffer of file names with offsets, boxes [N_boxes, 4],
+    labels, crowd flags and per-image offsets into them). A forked worker that reads a Python list of dicts
+    touches every object's reference count and copies the pages it reads; reading these arrays copies nothing.
+    Item (index, or (index, seed): the image's augmentation is drawn from torch's generator seeded with `seed`,
+    data/sample_seeds.py):
         image: float tensor [3, H, W], normalised (see data.transforms.Normalize).
         target: dict with
             'boxes' float [N, 4] xyxy pixels of the transformed image, 'labels' long [N] contiguous,
@@ -149,8 +155,8 @@ class CocoDetection(torch.utils.data.Dataset):
         self.image_dir = image_dir
         self.ann_file = ann_file
         self.transforms = transforms if transforms is not None else Normalize()
+        self._coco = None
         content = load_and_validate(ann_file)
-        self.coco = coco_from_dict(content)
 
         categories = sorted(content["categories"], key=lambda category: category["id"])
         if class_names is not None:
@@ -168,23 +174,39 @@ class CocoDetection(torch.utils.data.Dataset):
         self.stats = {"images": len(content["images"]), "boxes": len(content["annotations"]),
                       "boxes_clipped": 0, "boxes_dropped_small": 0, "boxes_other_class": 0,
                       "crowd_boxes": 0, "images_dropped_empty": 0}
-        self.image_ids, self._entries = [], []
+        annotations_of = {}
+        for annotation in content["annotations"]:
+            annotations_of.setdefault(annotation["image_id"], []).append(annotation)
+        kept = []  # (image id, width, height, file name, boxes [n, 4], labels [n], crowd [n]) of kept images
         for image in content["images"]:
-            entry = self._parse_image(image, self.coco.imgToAnns.get(image["id"], []))
-            if remove_images_without_annotations and not (~entry["crowd"]).any():
+            boxes, labels, crowd = self._parse_boxes(image, annotations_of.get(image["id"], []))
+            if remove_images_without_annotations and not (~crowd).any():
                 self.stats["images_dropped_empty"] += 1
                 continue
-            self.image_ids.append(image["id"])
-            self._entries.append(entry)
+            kept.append((image["id"], image["width"], image["height"], _image_file_name(image), boxes, labels, crowd))
+        del content, annotations_of
+        self._store(kept)
         logger.info("%s: %d of %d images kept (%d dropped without a usable box); %d boxes: "
                     "%d clipped to the image, %d dropped under 1 px, %d crowd kept as ignore, "
-                    "%d of unused classes skipped", ann_file, len(self.image_ids),
+                    "%d of unused classes skipped", ann_file, len(self),
                     self.stats["images"], self.stats["images_dropped_empty"], self.stats["boxes"],
                     self.stats["boxes_clipped"], self.stats["boxes_dropped_small"],
                     self.stats["crowd_boxes"], self.stats["boxes_other_class"])
 
-    def _parse_image(self, image, annotations):
-        """Clip/drop one image's boxes; returns a dict of numpy arrays and file information."""
+    def _store(self, kept):
+        """The kept images as flat arrays; per-image slices are [box_offsets[i], box_offsets[i + 1])."""
+        self._image_ids = np.array([item[0] for item in kept], dtype=np.int64)                    # [N]
+        self._sizes = np.array([(item[2], item[1]) for item in kept], dtype=np.int64).reshape(-1, 2)  # [N, 2] (h, w)
+        names = [item[3].encode("utf-8") for item in kept]
+        self._name_offsets = np.cumsum([0] + [len(name) for name in names], dtype=np.int64)       # [N + 1]
+        self._names = np.frombuffer(b"".join(names), dtype=np.uint8).copy()                         # UTF-8 bytes
+        self._box_offsets = np.cumsum([0] + [len(item[4]) for item in kept], dtype=np.int64)      # [N + 1]
+        self._boxes = np.concatenate([item[4] for item in kept] or [np.zeros((0, 4), np.float32)])  # [N_boxes, 4]
+        self._labels = np.concatenate([item[5] for item in kept] or [np.zeros(0, np.int64)])       # [N_boxes]
+        self._crowd = np.concatenate([item[6] for item in kept] or [np.zeros(0, bool)])           # [N_boxes]
+
+    def _parse_boxes(self, image, annotations):
+        """Clip/drop one image's boxes: (boxes float32 [n, 4] xyxy, labels int64 [n], crowd bool [n])."""
         width, height = image["width"], image["height"]
         boxes, labels, crowd = [], [], []
         for annotation in annotations:
@@ -204,21 +226,51 @@ class CocoDetection(torch.utils.data.Dataset):
             boxes.append(clipped)
             labels.append(self.cat_id_to_label[annotation["category_id"]])
             crowd.append(is_crowd)
-        return {"file_name": _image_file_name(image), "width": width, "height": height,
-                "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
-                "labels": np.asarray(labels, dtype=np.int64), "crowd": np.asarray(crowd, dtype=bool)}
+        return (np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(labels, dtype=np.int64),
+                np.asarray(crowd, dtype=bool))
 
     def __len__(self):
-        return len(self.image_ids)
+        return len(self._image_ids)
+
+    @property
+    def image_ids(self):
+        return self._image_ids.tolist()
+
+    @property
+    def coco(self):
+        """pycocotools COCO of the annotation file (read again, on first use: evaluation, not training)."""
+        if self._coco is None:
+            self._coco = coco_from_dict(load_and_validate(self.ann_file))
+        return self._coco
+
+    def __getstate__(self):  # a spawned worker receives the arrays, never the COCO index
+        return {**self.__dict__, "_coco": None}
+
+    def file_name(self, index):
+        """File name of item `index`, relative to image_dir."""
+        return self._names[self._name_offsets[index]:self._name_offsets[index + 1]].tobytes().decode("utf-8")
+
+    def files_of(self, image_ids):
+        """Paths of the images with these ids (for messages about a batch)."""
+        wanted = {int(image_id) for image_id in image_ids}
+        positions = {int(image_id): index for index, image_id in enumerate(self._image_ids) if int(image_id) in wanted}
+        return [os.path.join(self.image_dir, self.file_name(positions[i])) if i in positions else "?"
+                for i in image_ids]
+
+    def annotations(self, index):
+        """(boxes float32 [n, 4] xyxy of the file, labels int64 [n] contiguous, crowd bool [n]) of item `index`."""
+        start, end = self._box_offsets[index], self._box_offsets[index + 1]
+        return self._boxes[start:end], self._labels[start:end], self._crowd[start:end]
 
     def aspect_ratios(self):
         """Width / height of every item, from the JSON (no image decoding)."""
-        return [entry["width"] / entry["height"] for entry in self._entries]
+        return (self._sizes[:, 1] / self._sizes[:, 0]).tolist()
 
     def load_image(self, index):
         """Decode item `index` as an RGB PIL image; DatasetError names the file and image id."""
-        entry, image_id = self._entries[index], self.image_ids[index]
-        path = os.path.join(self.image_dir, entry["file_name"])
+        image_id = int(self._image_ids[index])
+        height, width = (int(v) for v in self._sizes[index])
+        path = os.path.join(self.image_dir, self.file_name(index))
         if not os.path.isfile(path):
             raise DatasetError(f"{path}: image file not found (image {image_id})")
         try:
@@ -226,19 +278,23 @@ class CocoDetection(torch.utils.data.Dataset):
                 image = image.convert("RGB")  # forces a full decode
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
             raise DatasetError(f"{path}: unreadable image (image {image_id}): {error}") from None
-        if image.size != (entry["width"], entry["height"]):
+        if image.size != (width, height):
             raise DatasetError(f"{path}: size {image.size[0]}x{image.size[1]} differs from the "
-                               f"annotation's {entry['width']}x{entry['height']} (image {image_id})")
+                               f"annotation's {width}x{height} (image {image_id})")
         return image
 
     def __getitem__(self, index):
-        entry = self._entries[index]
+        seed = None
+        if isinstance(index, tuple):  # (index, seed) from data.sample_seeds.SeededBatchSampler
+            index, seed = index
         image = self.load_image(index)
-        target = {"boxes": torch.from_numpy(entry["boxes"].copy()),
-                  "labels": torch.from_numpy(entry["labels"].copy()),
-                  "crowd": torch.from_numpy(entry["crowd"].copy()),
-                  "image_id": int(self.image_ids[index]),
-                  "orig_size": (entry["height"], entry["width"]),
-                  "size": (entry["height"], entry["width"]),
-                  "scale_factor": (1.0, 1.0)}
-        return self.transforms(image, target)
+        boxes, labels, crowd = self.annotations(index)
+        height, width = (int(v) for v in self._sizes[index])
+        target = {"boxes": torch.from_numpy(boxes.copy()), "labels": torch.from_numpy(labels.copy()),
+                  "crowd": torch.from_numpy(crowd.copy()), "image_id": int(self._image_ids[index]),
+                  "orig_size": (height, width), "size": (height, width), "scale_factor": (1.0, 1.0)}
+        if seed is None:
+            return self.transforms(image, target)
+        with torch.random.fork_rng(devices=[]):  # this image's draws alone; the process's generator is untouched
+            torch.manual_seed(seed)
+            return self.transforms(image, target)

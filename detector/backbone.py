@@ -96,7 +96,7 @@ class ResNetBackbone(nn.Module):
         """Training mode, but for the BatchNorm layers of frozen stages (and all of them with norm_eval)."""
         super().train(mode)
         for module in self.modules() if self.norm_eval else [m for stage in self.frozen for m in stage.modules()]:
-            if isinstance(module, nn.BatchNorm2d):
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):  # BatchNorm2d, and SyncBatchNorm (train.sync_bn)
                 module.eval()
         return self
 

@@ -5,6 +5,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from .errors import UserError
+
 
 def init_distributed(device_type):
     """Start the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on CUDA, gloo on the CPU.
@@ -78,6 +80,39 @@ def all_gather_objects(obj):
     gathered = [None] * get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+def run_on_main_process(function):
+    """function() on rank 0 alone, its result on every rank (broadcast: it must pickle); an error it raises is
+    raised on every rank. For what rank 0's filesystem decides (the checkpoint to resume, the run directory's
+    config): other nodes may not share that filesystem, or see it a moment later."""
+    if not is_dist():
+        return function()
+    payload = [None]
+    if is_main_process():
+        try:
+            payload = [("result", function())]
+        except UserError as error:
+            payload = [("error", error)]
+        except BaseException as error:  # a bug: every rank stops rather than waits for a broadcast
+            dist.broadcast_object_list([("error", RuntimeError(f"rank 0 failed: {error!r}"))], src=0)
+            raise
+    dist.broadcast_object_list(payload, src=0)
+    kind, value = payload[0]
+    if kind == "error":
+        raise value
+    return value
+
+
+def sync_batchnorm(model, enabled, trains_statistics, device):
+    """SyncBatchNorm in place of BatchNorm (train.sync_bn) when several processes train BN statistics on GPUs:
+    each BN layer then normalises with the statistics of the whole batch over all ranks."""
+    if not (enabled and trains_statistics and get_world_size() > 1):
+        return model
+    if device.type != "cuda":
+        raise UserError("train.sync_bn=true: SyncBatchNorm runs on GPUs only (PyTorch); on CPUs use "
+                        "model.backbone.norm_eval=true (frozen statistics) or train.sync_bn=false")
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def cleanup():

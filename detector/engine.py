@@ -56,64 +56,90 @@ def to_device(targets, device):
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in targets.items()}
 
 
-def train_one_epoch(model, criterion, loader, optimizer, epoch, iteration, base_lr, cfg, device, precision,
-                    scaler, writer=None, max_iters=None, stop=None):
-    """One pass over `loader`: returns (global iteration count after it, stopped). Rank 0 logs and shows a bar.
+def train_steps(model, state, loader, base_lr, cfg, device, precision, writer=None):
+    """Train from the loader's position to the end of its epoch, yielding after every optimizer step.
 
-    precision: detector.precision.Precision (autocast of the model's forward); scaler: its GradScaler
-    (a no-op unless fp16). stop: optional callable checked after every step (the same answer on every
-    rank); True ends the epoch early and is returned as `stopped`.
+    model: the module to call (DDP-wrapped with several processes); state: detector.train_state.TrainState (the
+    bare model, criterion, optimizer, grad scaler, EMA, non-finite guard, position), advanced in place: iteration
+    and epoch_step after every step, epoch (and epoch_step back to 0) after the epoch's last one. The loader's
+    batch sampler must start at batch epoch_step x train.accumulate (set_epoch(epoch, start_batch)).
+    One step takes train.accumulate batches (the epoch's last step whatever is left): each batch's loss is divided
+    by that count and gradients are all-reduced over ranks on the last one only (DDP no_sync), so the step is
+    that of the larger batch, up to each batch's own loss normaliser (positives, as mmdetection's
+    GradientCumulativeOptimizerHook). precision: detector.precision.Precision; rank 0 logs and shows a bar.
     """
     model.train()
-    criterion.train()
-    iters_per_epoch = len(loader)
-    show_bar = dist.is_main_process() and sys.stderr.isatty()  # in a log file the ETA is in the log lines
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not show_bar, dynamic_ncols=True,
-               leave=False)
+    state.criterion.train()
+    accumulate, batches_per_epoch = cfg.train.accumulate, len(loader)
+    iters_per_epoch = math.ceil(batches_per_epoch / accumulate)
     total_iters = cfg.train.epochs * iters_per_epoch if cfg.train.max_iters is None else cfg.train.max_iters
-    first_iteration = iteration
-    started = time.time()
-    for images, targets in bar:
-        if max_iters is not None and iteration >= max_iters:
-            break
-        lr = learning_rate(iteration, base_lr, cfg.optim, iters_per_epoch, cfg.train.epochs)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        images, targets = images_to(images, device, cfg.train.channels_last), to_device(targets, device)
-        with precision.autocast(device):
-            outputs = model(images)
-        losses = criterion(outputs, targets)
-        loss = sum(value for key, value in losses.items() if key.startswith("loss_"))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at iteration {iteration}: "
-                                     + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-                                     + "; training diverged: lower optim.lr or set optim.grad_clip")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.optim.grad_clip is not None:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.optim.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        iteration += 1
-        if iteration % cfg.train.log_interval == 0 or iteration == 1:
-            values = {k: dist.reduce_mean(v.detach()).item() for k, v in losses.items()}
-            values["loss"] = sum(v for k, v in values.items() if k.startswith("loss_"))
-            if dist.is_main_process():
-                bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{lr:.2e}")
-                rate = (iteration - first_iteration) / max(time.time() - started, 1e-6)
-                eta = datetime.timedelta(seconds=int((total_iters - iteration) / max(rate, 1e-6)))
-                logger.info(f"epoch {epoch + 1} iter {iteration}/{total_iters} lr {lr:.3e} "
-                            + " ".join(f"{k} {v:.4f}" for k, v in values.items()) + f" ({rate:.2f} it/s, eta {eta})")
-                if writer is not None:
-                    for key, value in values.items():
-                        writer.add_scalar(f"train/{key}", value, iteration)
-                    writer.add_scalar("train/lr", lr, iteration)
-        if stop is not None and stop():
-            bar.close()
-            return iteration, True
-    bar.close()
-    return iteration, False
+    parameters = [(name, p) for name, p in state.model.named_parameters() if p.requires_grad]
+    check_gradients = [] if state.scaler.is_enabled() else parameters  # fp16: the scaler skips overflowing steps
+    show_bar = dist.is_main_process() and sys.stderr.isatty()  # in a log file the ETA is in the log lines
+    bar = tqdm(total=iters_per_epoch, initial=state.epoch_step, desc=f"epoch {state.epoch + 1}/{cfg.train.epochs}",
+               disable=not show_bar, dynamic_ncols=True, leave=False)
+    batches, batch_index = iter(loader), state.epoch_step * accumulate
+    first_iteration, started = state.iteration, time.time()
+    try:
+        while batch_index < batches_per_epoch:
+            lr = learning_rate(state.iteration, base_lr, cfg.optim, iters_per_epoch, cfg.train.epochs)
+            for group in state.optimizer.param_groups:
+                group["lr"] = lr
+            state.optimizer.zero_grad(set_to_none=True)
+            step_batches = min(accumulate, batches_per_epoch - batch_index)
+            skip, values = False, {}
+            for micro in range(step_batches):
+                images, targets = next(batches)
+                last = micro == step_batches - 1
+                images, targets = images_to(images, device, cfg.train.channels_last), to_device(targets, device)
+                with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
+                    with precision.autocast(device):
+                        outputs = model(images)
+                    losses = state.criterion(outputs, targets)
+                    loss = sum(value for key, value in losses.items() if key.startswith("loss_"))
+                    state.scaler.scale(loss / step_batches).backward()
+                skip |= state.guard.check(state.iteration, losses, targets, check_gradients if last else [])
+                for key, value in losses.items():
+                    values[key] = values.get(key, 0) + value.detach() / step_batches
+            batch_index += step_batches
+            state.last_losses = values  # this rank's, averaged over the step's batches (detached)
+            if not skip:
+                if cfg.optim.grad_clip is not None:
+                    state.scaler.unscale_(state.optimizer)
+                    torch.nn.utils.clip_grad_norm_([p for _, p in parameters], cfg.optim.grad_clip)
+                state.scaler.step(state.optimizer)
+                state.scaler.update()
+                if state.ema is not None:
+                    state.ema.update(state.model)
+            state.guard.end_step(state.iteration, skipped=skip)
+            state.iteration += 1
+            state.epoch_step += 1
+            bar.update(1)
+            if state.iteration % cfg.train.log_interval == 0 or state.iteration == 1:
+                log_step(state, values, lr, total_iters, (state.iteration - first_iteration) /
+                         max(time.time() - started, 1e-6), bar, writer)
+            if batch_index >= batches_per_epoch:  # the epoch is complete: the position is the next one's start
+                state.epoch, state.epoch_step = state.epoch + 1, 0
+            yield state.iteration
+    finally:
+        bar.close()
+
+
+def log_step(state, values, lr, total_iters, rate, bar, writer):
+    """Rank 0 logs the losses averaged over ranks (every rank takes part in the all-reduce)."""
+    values = {k: dist.reduce_mean(v).item() for k, v in values.items()}
+    values["loss"] = sum(v for k, v in values.items() if k.startswith("loss_"))
+    if not dist.is_main_process():
+        return
+    bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{lr:.2e}")
+    eta = datetime.timedelta(seconds=int((total_iters - state.iteration) / max(rate, 1e-6)))
+    epoch = state.epoch + 1
+    logger.info(f"epoch {epoch} iter {state.iteration}/{total_iters} lr {lr:.3e} "
+                + " ".join(f"{k} {v:.4f}" for k, v in values.items()) + f" ({rate:.2f} it/s, eta {eta})")
+    if writer is not None:
+        for key, value in values.items():
+            writer.add_scalar(f"train/{key}", value, state.iteration)
+        writer.add_scalar("train/lr", lr, state.iteration)
 
 
 def to_coco_results(detections, image_ids, cat_ids):

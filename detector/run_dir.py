@@ -1,24 +1,23 @@
 """The run directory (<work_dir>): checked before anything is written to it, and what a run records there.
 
     check_config(cfg)                       # registry names, loss names and combinations, weight paths
-    checkpoint = check_resume(path, cfg)    # the file to resume from is a resumable checkpoint of this model
     check_run_dir(work_dir, cfg)            # refuse a directory that holds another config's run
     write_run_info(work_dir, info)          # run_info.json: precision and why, device, CPU, torch version
 
-train.py calls the first three before it creates the directory or reads a dataset, so a typo in an
-override or a missing file stops with one line and leaves an existing run directory byte-identical.
+train.py calls the first two (and detector/resume.py's check_resume) before it creates the directory or reads a
+dataset, so a typo in an override or a missing file stops with one line and leaves an existing run directory
+byte-identical.
 """
 import json
 import os
 
 import yaml
 
-from .checkpoint import RESUME_KEYS, CheckpointError, load_checkpoint
 from .config import ConfigError, choose, config_from_dict, config_to_dict
 
 # What makes two configs "the same run": the config name, the model (but the initial weights' source and the
-# test-time thresholds) and the dataset (which set, which files). Everything else may change between a run
-# and its resumption: more epochs, another lr, a smaller batch after running out of memory, the test size.
+# test-time thresholds) and the dataset (which set, which files). Everything else may differ between runs in one
+# directory (another lr, batch or schedule started afresh); resuming a checkpoint is stricter: detector/resume.py.
 IDENTITY_KEYS = ("name", "model.", "data.dataset", "data.train_images", "data.train_ann", "data.val_images",
                  "data.val_ann", "data.shapes_")
 IGNORED_KEYS = ("model.backbone.pretrained", "model.test.")
@@ -38,18 +37,19 @@ def check_config(cfg):
                           f"(use 'torchvision', null or a local .pth path)")
 
 
-def _flatten(data, prefix=""):
+def flatten(data, prefix=""):
+    """{'a': {'b': 1}} -> {'a.b': 1} ('params' mappings stay values)."""
     flat = {}
     for key, value in data.items():
         if isinstance(value, dict) and key != "params":
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
 
 
 def _identity(config_dict, prefix):
-    flat = _flatten(config_dict)
+    flat = flatten(config_dict)
     return {key: value for key, value in flat.items() if key.startswith(IDENTITY_KEYS) and key.startswith(prefix)
             and not key.startswith(IGNORED_KEYS)}
 
@@ -63,7 +63,7 @@ def first_difference(old_dict, new_dict, prefix=""):
     return None
 
 
-def _normalised(config_dict, path):
+def normalised(config_dict, path):
     """A saved config as today's code reads it (defaults filled in, types coerced), as a dict."""
     if not isinstance(config_dict, dict):
         raise ConfigError(f"{path}: holds no config mapping")
@@ -71,18 +71,6 @@ def _normalised(config_dict, path):
         return config_to_dict(config_from_dict(config_dict))
     except ConfigError as error:
         raise ConfigError(f"{path}: its config no longer loads ({error})") from None
-
-
-def check_resume(path, cfg):
-    """Load the checkpoint to resume from; a missing, weights-only or other-model file is a CheckpointError."""
-    checkpoint = load_checkpoint(path, required=[key for key in RESUME_KEYS if key != "optimizer"])
-    if checkpoint.get("optimizer") is None:
-        raise CheckpointError(f"{path}: holds weights only (epoch checkpoints keep no optimizer state unless "
-                              f"train.save_optimizer=all); resume from checkpoints/last.pth")
-    difference = first_difference(_normalised(checkpoint["config"], path), config_to_dict(cfg), prefix="model.")
-    if difference is not None:
-        raise CheckpointError(f"{path}: trained with another model ({difference}); resume with its config")
-    return checkpoint
 
 
 def check_run_dir(work_dir, cfg):
@@ -96,7 +84,7 @@ def check_run_dir(work_dir, cfg):
     except (OSError, yaml.YAMLError) as error:
         raise ConfigError(f"{path}: unreadable ({str(error).splitlines()[0]}); delete {work_dir} or pass "
                           f"--work-dir DIR") from None
-    difference = first_difference(_normalised(previous, path), config_to_dict(cfg))
+    difference = first_difference(normalised(previous, path), config_to_dict(cfg))
     if difference is not None:
         raise ConfigError(f"{work_dir} holds a run of another config ({difference}); pass --work-dir DIR "
                           f"for a new run directory, or delete {work_dir}")

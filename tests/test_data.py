@@ -138,8 +138,8 @@ def test_shared_datasets_load(shared_split, name):
         assert len(dataset) > 0 and dataset.stats["boxes_dropped_small"] == 0
         indices = list(range(0, len(dataset), max(1, len(dataset) // 4)))
         if name == "coco128":  # the grayscale images and the image without boxes
-            indices += [i for i, entry in enumerate(dataset._entries)
-                        if entry["file_name"] in ("000000000250.jpg", "000000000508.jpg")]
+            indices += [i for i in range(len(dataset))
+                        if dataset.file_name(i) in ("000000000250.jpg", "000000000508.jpg")]
         for index in indices:
             image, target = dataset[index]
             assert image.shape[0] == 3 and (min(target["size"]) == 320 or max(target["size"]) == 512)

@@ -99,7 +99,8 @@ def test_run_info_records_the_precision_outside_the_checkpoint(trained):
     assert info["precision"] in ("fp32", "bf16") and info["device"] == "cpu"
     assert f"precision {info['precision']}: {info['reason']}" in result.stdout
     last = torch.load(os.path.join(work_dir, "checkpoints", "last.pth"), weights_only=True)
-    assert set(last) == {"model", "criterion", "optimizer", "epoch", "iteration", "epoch_step", "config", "classes"}
+    assert set(last) == {"model", "training_model", "criterion", "optimizer", "grad_scaler", "ema_updates", "epoch",
+                         "iteration", "epoch_step", "nonfinite_skips", "world_size", "rng", "config", "classes"}
     assert last["config"]["train"]["amp"] == "auto"   # the setting, not what this machine resolved it to
 
 

@@ -178,7 +178,7 @@ def test_inconsistent_data_and_checkpoints_are_one_error_line(run_main_in_proces
         ("eval.py", ["--checkpoint", last, "model.head.feat_channels=64"],
          "last.pth: model weights do not fit this config (size mismatch"),
         ("train.py", run + ["optim.lr=1e30", "train.max_iters=3", "--work-dir", str(tmp_path / "r3")],
-         "non-finite loss at iteration"),
+         "non-finite loss or gradient at iteration"),
         ("train.py", ["--config", "shapes_gfl_r18.yaml", "data.dataset=foo"],
          "config key 'data.dataset' must be one of ['coco', 'shapes'], got 'foo'"),
         ("train.py", ["--config", "shapes_gfl_r18.yaml", "data.batch_size=0"],
