@@ -1,10 +1,12 @@
 """COCO-format detection dataset (also reads LVIS files, which share the layout).
 
 Rules applied when the annotation file is loaded (counts are logged once, and kept in `self.stats`):
-* The raw JSON is validated first; every problem raises `DatasetError` with a one-line message that
-  names the file and the image or annotation id: missing file, malformed JSON, missing top-level or
-  per-entry keys, duplicate image / annotation / category ids, an annotation whose image or category
-  is not listed, a bbox that is not 4 numbers, has a NaN/inf coordinate or a negative width/height.
+* The raw JSON is validated first (data/dataset_check.py, the cheap part of scripts/check_dataset.py): an
+  error raises `DatasetError` with a one-line message that names the file, the image or annotation id and
+  how many more errors there are: missing file, malformed JSON, missing top-level or per-entry keys,
+  duplicate image / annotation / category ids, an annotation whose image or category is not listed, a bbox
+  that is not 4 numbers, has a NaN/inf coordinate or a negative width/height. Warnings (boxes under 1 px
+  or outside the image, images without boxes, a file named twice) are counted in one log line.
 * Boxes are clipped to the image (the width/height in the JSON); boxes under 1 px wide or high after
   clipping are dropped and counted.
 * Crowd annotations (`iscrowd` 1) are kept with `crowd` True: ignore regions, never positives.
@@ -20,15 +22,14 @@ import contextlib
 import io
 import json
 import logging
-import math
 import os
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from pycocotools.coco import COCO
 
+from data.dataset_check import check_annotations, file_name_of
 from data.transforms import Normalize
 from detector.errors import UserError
 
@@ -45,18 +46,11 @@ def _require(entry, keys, ann_file, what):
         raise DatasetError(f"{ann_file}: {what} lacks required key(s) {missing}")
 
 
-def _image_file_name(image):
-    """File name of an image entry: `file_name`, or (LVIS) the path of `coco_url` after the host."""
-    if "file_name" in image:
-        return image["file_name"]
-    return urlparse(image["coco_url"]).path.lstrip("/")
-
-
-def load_and_validate(ann_file):
-    """Read a COCO/LVIS instances JSON and check it; returns the parsed dict.
+def load_annotations(ann_file):
+    """Read a COCO/LVIS instances JSON and check it (data/dataset_check.py): (parsed dict, DatasetReport).
 
     Raises:
-        DatasetError: see the module docstring for the list of checks.
+        DatasetError: the file is missing or malformed, or holds an error (the first one, and how many more).
     """
     if not os.path.isfile(ann_file):
         raise DatasetError(f"{ann_file}: annotation file not found")
@@ -68,46 +62,15 @@ def load_and_validate(ann_file):
     if not isinstance(content, dict):
         raise DatasetError(f"{ann_file}: top level is a {type(content).__name__}, expected an object")
     _require(content, ("images", "annotations", "categories"), ann_file, "top level")
+    report = check_annotations(content, ann_file)
+    if report.errors:
+        raise DatasetError(report.first_error())
+    return content, report
 
-    category_ids = set()
-    for category in content["categories"]:
-        _require(category, ("id", "name"), ann_file, f"category {category.get('id', '?')}")
-        if category["id"] in category_ids:
-            raise DatasetError(f"{ann_file}: duplicate category id {category['id']}")
-        category_ids.add(category["id"])
 
-    image_ids = set()
-    for image in content["images"]:
-        image_id = image.get("id", "?")
-        _require(image, ("id", "width", "height"), ann_file, f"image {image_id}")
-        if "file_name" not in image and "coco_url" not in image:
-            raise DatasetError(f"{ann_file}: image {image_id} has neither file_name nor coco_url")
-        if image_id in image_ids:
-            raise DatasetError(f"{ann_file}: duplicate image id {image_id}")
-        image_ids.add(image_id)
-
-    annotation_ids = set()
-    for annotation in content["annotations"]:
-        annotation_id = annotation.get("id", "?")
-        _require(annotation, ("id", "image_id", "category_id", "bbox"), ann_file,
-                 f"annotation {annotation_id}")
-        where = f"{ann_file}: annotation {annotation_id} (image {annotation['image_id']})"
-        if annotation_id in annotation_ids:
-            raise DatasetError(f"{where}: duplicate annotation id")
-        annotation_ids.add(annotation_id)
-        if annotation["image_id"] not in image_ids:
-            raise DatasetError(f"{where}: image id not in images")
-        if annotation["category_id"] not in category_ids:
-            raise DatasetError(f"{where}: category id {annotation['category_id']} not in categories")
-        box = annotation["bbox"]
-        if not (isinstance(box, (list, tuple)) and len(box) == 4
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
-            raise DatasetError(f"{where}: bbox {box!r} is not 4 numbers")
-        if not all(math.isfinite(v) for v in box):
-            raise DatasetError(f"{where}: bbox {box} has a non-finite coordinate")
-        if box[2] < 0 or box[3] < 0:
-            raise DatasetError(f"{where}: bbox {box} has a negative width or height")
-    return content
+def load_and_validate(ann_file):
+    """The parsed dict of a checked annotation file (load_annotations without the report)."""
+    return load_annotations(ann_file)[0]
 
 
 def coco_from_dict(content):
@@ -156,7 +119,9 @@ class CocoDetection(torch.utils.data.Dataset):
         self.ann_file = ann_file
         self.transforms = transforms if transforms is not None else Normalize()
         self._coco = None
-        content = load_and_validate(ann_file)
+        content, report = load_annotations(ann_file)
+        if report.warnings_line():
+            logger.info(report.warnings_line())
 
         categories = sorted(content["categories"], key=lambda category: category["id"])
         if class_names is not None:
@@ -183,7 +148,7 @@ class CocoDetection(torch.utils.data.Dataset):
             if remove_images_without_annotations and not (~crowd).any():
                 self.stats["images_dropped_empty"] += 1
                 continue
-            kept.append((image["id"], image["width"], image["height"], _image_file_name(image), boxes, labels, crowd))
+            kept.append((image["id"], image["width"], image["height"], file_name_of(image), boxes, labels, crowd))
         del content, annotations_of
         self._store(kept)
         logger.info("%s: %d of %d images kept (%d dropped without a usable box); %d boxes: "
