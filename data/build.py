@@ -1,5 +1,6 @@
 """Datasets, loaders and evaluators from the `data` section of the config (shared by train.py and eval.py)."""
 import functools
+import logging
 import os
 
 import torch
@@ -7,10 +8,13 @@ from torch.utils.data import DataLoader
 
 from data.coco import CocoDetection, DatasetError
 from data.collate import collate
-from data.evaluation import coco_evaluate
+from data.evaluation import coco_evaluate, lvis_evaluate
+from data.lvis import LvisDetection
+from data.repeat_factors import image_class_sets, log_class_statistics, repeat_factors
 from data.sample_seeds import SeededBatchSampler
 from data.samplers import build_test_sampler, build_train_batch_sampler
 from data.synthetic import ensure_shapes_dataset
+from data.synthetic_lvis import ensure_shapes_lvis_dataset
 from data.transforms import build_transforms
 from detector.config import choose
 
@@ -24,14 +28,23 @@ def _shapes_paths(data_cfg):
     return paths["train_images"], paths["train_ann"], paths["val_images"], paths["val_ann"]
 
 
-# data.dataset -> (train_images, train_ann, val_images, val_ann) of the config; shapes is generated on first use.
-DATASETS = {"coco": _configured_paths, "shapes": _shapes_paths}
+def _shapes_lvis_paths(data_cfg):
+    paths = ensure_shapes_lvis_dataset(data_cfg.shapes_lvis_root, data_cfg.shapes_num_train, data_cfg.shapes_num_val)
+    return paths["train_images"], paths["train_ann"], paths["val_images"], paths["val_ann"]
+
+
+logger = logging.getLogger(__name__)
+
+# data.dataset -> (function of the config giving (train_images, train_ann, val_images, val_ann), dataset class).
+# The shapes sets are generated on first use; the dataset class decides the evaluator (build_evaluator).
+DATASETS = {"coco": (_configured_paths, CocoDetection), "lvis": (_configured_paths, LvisDetection),
+            "shapes": (_shapes_paths, CocoDetection), "shapes_lvis": (_shapes_lvis_paths, LvisDetection)}
 
 
 def check_data_config(data_cfg):
     """What can be checked before a run touches anything: the dataset type, and its files where they are given."""
     choose(DATASETS, data_cfg.dataset, "data.dataset")
-    if DATASETS[data_cfg.dataset] is not _configured_paths:
+    if DATASETS[data_cfg.dataset][0] is not _configured_paths:
         return
     for key in ("train_ann", "val_ann"):
         path = getattr(data_cfg, key)
@@ -45,25 +58,32 @@ def check_data_config(data_cfg):
 
 def dataset_paths(data_cfg):
     """(train_images, train_ann, val_images, val_ann); the shapes set is generated on first use."""
-    return choose(DATASETS, data_cfg.dataset, "data.dataset")(data_cfg)
+    return choose(DATASETS, data_cfg.dataset, "data.dataset")[0](data_cfg)
 
 
 def build_evaluator(dataset):
-    """Callable (COCO-format results, log) -> metrics dict for `dataset` (COCOeval over its ground truth)."""
-    return functools.partial(coco_evaluate, dataset.coco, class_names=dataset.class_names)
+    """Callable (COCO-format results, log) -> metrics dict for `dataset`, chosen by its type: LVISEval (AP, APr,
+    APc, APf, per frequency group) for an LvisDetection, whose LVIS keys are checked now; COCOeval otherwise. The
+    ground-truth index is built on the first call (rank 0 evaluates; the other ranks never hold it)."""
+    if isinstance(dataset, LvisDetection):
+        dataset.check_lvis_format()
+        return lambda results, log: lvis_evaluate(dataset.lvis, results, class_names=dataset.class_names, log=log)
+    return lambda results, log: coco_evaluate(dataset.coco, results, class_names=dataset.class_names, log=log)
 
 
 def build_dataset(data_cfg, train):
-    """The train or val CocoDetection; a split left without images or categories is a DatasetError."""
+    """The train or val dataset (CocoDetection, or LvisDetection for LVIS-format sets); a split left without images
+    or categories is a DatasetError."""
     train_images, train_ann, val_images, val_ann = dataset_paths(data_cfg)
+    dataset_class = DATASETS[data_cfg.dataset][1]
     if train:
         transforms = build_transforms(True, data_cfg.train_short_sides, data_cfg.max_size,
                                       data_cfg.short_side_mode, data_cfg.flip_prob, data_cfg.train_crop)
-        dataset = CocoDetection(train_images, train_ann, transforms,
+        dataset = dataset_class(train_images, train_ann, transforms,
                                 remove_images_without_annotations=data_cfg.remove_images_without_annotations)
     else:
         transforms = build_transforms(False, [data_cfg.test_short_side], data_cfg.max_size)
-        dataset = CocoDetection(val_images, val_ann, transforms, remove_images_without_annotations=False)
+        dataset = dataset_class(val_images, val_ann, transforms, remove_images_without_annotations=False)
     if dataset.num_classes == 0:
         raise DatasetError(f"{dataset.ann_file}: no categories")
     if len(dataset) == 0:
@@ -92,11 +112,25 @@ def _short(values, limit=8):
     return str(values) if len(values) <= limit else f"{values[:limit]}... ({len(values)} in all)"
 
 
+def train_repeat_factors(dataset, data_cfg):
+    """Repeat factors of the training items with data.repeat_threshold (None without); logs the class-frequency
+    statistics and the epoch length with and without repeat-factor sampling (data/repeat_factors.py)."""
+    class_sets = image_class_sets(dataset)
+    threshold = data_cfg.repeat_threshold
+    factors = repeat_factors(class_sets, dataset.num_classes, threshold) if threshold is not None else None
+    plain = build_train_batch_sampler(dataset, data_cfg.batch_size)
+    repeated = build_train_batch_sampler(dataset, data_cfg.batch_size, repeat_factors=factors) if factors else None
+    log_class_statistics(class_sets, dataset.class_names, factors=factors, threshold=threshold,
+                         batches_without=plain.total_batches, batches_with=repeated and repeated.total_batches)
+    return factors
+
+
 def build_train_loader(dataset, data_cfg, seed, distributed):
     """Training batches; each image's augmentation seeded from (seed, epoch, position) (data/sample_seeds.py), and
     the loader's own generator, not the process's, seeds the workers: a resumed run draws what it would have."""
     batch_sampler = build_train_batch_sampler(dataset, data_cfg.batch_size, shuffle=True, seed=seed,
-                                              distributed=distributed)
+                                              distributed=distributed, repeat_factors=train_repeat_factors(dataset,
+                                                                                                           data_cfg))
     return DataLoader(dataset, batch_sampler=SeededBatchSampler(batch_sampler, seed), num_workers=data_cfg.workers,
                       collate_fn=functools.partial(collate, size_divisor=data_cfg.size_divisor),
                       persistent_workers=data_cfg.workers > 0, pin_memory=torch.cuda.is_available(),

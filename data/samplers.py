@@ -9,6 +9,13 @@ detectron2 over a distributed sampler, but sharded by batch rather than by image
 gets exactly the same number of batches (a rank with one extra step would hang DDP). When the batch
 count is not a multiple of world_size, the first batches are dealt again to fill the last round
 (at most world_size - 1 repeated batches per epoch), as DistributedSampler pads with repeats.
+
+Repeat-factor sampling (data/repeat_factors.py): with repeat factors r_i, each epoch first draws how often every
+item appears, floor(r_i) + 1 with probability r_i - floor(r_i) (stochastic rounding, from the same seed + epoch
+generator on every rank, so deterministic under the seed), then permutes that multiset and groups it as above.
+The epoch length stays fixed at its expected value (sum over each aspect group of ceil(round(sum of r_i) /
+batch_size) batches), so the schedule and a mid-epoch resume see the same length every epoch: an epoch whose
+rounding drew more batches drops the last of its random order, one that drew fewer deals its first again.
 """
 import math
 
@@ -39,9 +46,10 @@ class GroupedBatchSampler(torch.utils.data.Sampler):
         shuffle: new permutation every epoch (call set_epoch(epoch) before each epoch).
         seed: base seed; must be the same on every rank.
         num_replicas, rank: world size and this rank (default: single process).
+        repeat_factors: optional repeat factor (>= 1) of every item: repeat-factor sampling (needs shuffle).
     """
 
-    def __init__(self, group_ids, batch_size, shuffle=True, seed=0, num_replicas=1, rank=0):
+    def __init__(self, group_ids, batch_size, shuffle=True, seed=0, num_replicas=1, rank=0, repeat_factors=None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < num_replicas:
@@ -54,10 +62,18 @@ class GroupedBatchSampler(torch.utils.data.Sampler):
         self.rank = int(rank)
         self.epoch = 0
         self.start_batch = 0
-        group_sizes = {}
-        for group in self.group_ids:
-            group_sizes[group] = group_sizes.get(group, 0) + 1
-        self.total_batches = sum(math.ceil(size / self.batch_size) for size in group_sizes.values())
+        self.repeat_factors = None
+        if repeat_factors is not None:
+            if len(repeat_factors) != len(self.group_ids) or min(repeat_factors, default=1.0) < 1:
+                raise ValueError("repeat_factors needs one factor >= 1 per item")
+            if not shuffle:
+                raise ValueError("repeat-factor sampling draws each epoch at random: it needs shuffle=True")
+            self.repeat_factors = torch.tensor(repeat_factors, dtype=torch.float64)
+        group_sizes = {}  # expected items per group in an epoch
+        for index, group in enumerate(self.group_ids):
+            copies = 1.0 if repeat_factors is None else float(repeat_factors[index])
+            group_sizes[group] = group_sizes.get(group, 0.0) + copies
+        self.total_batches = sum(math.ceil(round(size) / self.batch_size) for size in group_sizes.values())
 
     def set_epoch(self, epoch, start_batch=0):
         """Choose the epoch whose permutation the next iteration uses, and skip this rank's first
@@ -70,7 +86,13 @@ class GroupedBatchSampler(torch.utils.data.Sampler):
         if self.shuffle:
             generator = torch.Generator()
             generator.manual_seed(self.seed + self.epoch)
-            order = torch.randperm(len(self.group_ids), generator=generator).tolist()
+            items = torch.arange(len(self.group_ids))
+            if self.repeat_factors is not None:  # stochastic rounding: floor(r) + Bernoulli(r - floor(r)) copies
+                whole = self.repeat_factors.floor()
+                extra = torch.rand(len(self.group_ids), generator=generator, dtype=torch.float64)
+                copies = whole + (extra < self.repeat_factors - whole).to(whole.dtype)
+                items = torch.repeat_interleave(items, copies.long())
+            order = items[torch.randperm(len(items), generator=generator)].tolist()
         else:
             order = list(range(len(self.group_ids)))
         batches, buffers = [], {}
@@ -81,6 +103,8 @@ class GroupedBatchSampler(torch.utils.data.Sampler):
                 batches.append(list(buffer))
                 buffer.clear()
         batches.extend(buffers[group] for group in sorted(buffers) if buffers[group])
+        if self.repeat_factors is not None:  # the fixed epoch length (the rounding drew a few more or fewer)
+            batches = batches[:self.total_batches]
         return batches
 
     def __iter__(self):
@@ -94,11 +118,12 @@ class GroupedBatchSampler(torch.utils.data.Sampler):
         return math.ceil(self.total_batches / self.num_replicas)
 
 
-def build_train_batch_sampler(dataset, batch_size, shuffle=True, seed=0, distributed=False):
-    """GroupedBatchSampler over `dataset` (needs dataset.aspect_ratios()); world from torch.distributed."""
+def build_train_batch_sampler(dataset, batch_size, shuffle=True, seed=0, distributed=False, repeat_factors=None):
+    """GroupedBatchSampler over `dataset` (needs dataset.aspect_ratios()); world from torch.distributed;
+    repeat_factors: one per item for repeat-factor sampling (data/repeat_factors.py), or None."""
     num_replicas, rank = _world(distributed)
     return GroupedBatchSampler(aspect_group_ids(dataset), batch_size, shuffle=shuffle, seed=seed,
-                               num_replicas=num_replicas, rank=rank)
+                               num_replicas=num_replicas, rank=rank, repeat_factors=repeat_factors)
 
 
 class ShardSampler(torch.utils.data.Sampler):

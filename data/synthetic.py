@@ -19,6 +19,8 @@ Annotations carry `bbox` [x, y, w, h] floats, `area` = w * h (the box area, as i
 COCO small/medium/large buckets follow the box), `iscrowd` 0, and 1-based image/annotation ids.
 
 Usage: `python -m data.synthetic --root datasets/shapes [--num-train 1200 --num-val 200 --seed 0]`.
+The long-tailed LVIS-format variant (30 colour x shape classes, Zipfian frequencies, federated lists) is
+data/synthetic_lvis.py; it draws with the helpers here and is written by the same `ensure_generated`.
 """
 import argparse
 import json
@@ -116,6 +118,13 @@ def _polygon(name, rng):
     if name == "triangle":
         angles = np.array([90, 210, 330]) * math.pi / 180
         return np.stack([np.cos(angles), -np.sin(angles)], axis=1)
+    if name == "hexagon":  # the next two only in the LVIS-format set (data/synthetic_lvis.py)
+        angles = np.arange(6) * math.pi / 3
+        return np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    if name == "cross":  # a plus sign, arms a third of its width
+        a = 1 / 3
+        return np.array([[-a, -1], [a, -1], [a, -a], [1, -a], [1, a], [a, a], [a, 1], [-a, 1], [-a, a], [-1, a],
+                         [-1, -a], [-a, -a]], dtype=np.float64)
     # star: five points, inner radius ratio sampled so that stars are not pentagons
     inner = rng.uniform(0.38, 0.5)
     angles = np.arange(10) * math.pi / 5 - math.pi / 2
@@ -257,47 +266,41 @@ def _paths(root):
             "val_ann": os.path.join(root, "annotations", "instances_val.json")}
 
 
-def _is_complete(root, params):
+def _is_complete(root, params, paths):
     try:
         with open(os.path.join(root, "params.json")) as handle:
             recorded = json.load(handle)
     except (OSError, ValueError):
         return False
-    return recorded == params and all(os.path.exists(p) for p in _paths(root).values())
+    return recorded == params and all(os.path.exists(p) for p in paths.values())
 
 
-def ensure_shapes_dataset(root, num_train=1200, num_val=200, seed=0):
-    """Create the shapes dataset under `root` unless an identical one is already there.
+def ensure_generated(root, params, write, paths):
+    """Generate a dataset under `root` with write(folder) unless one with these `params` is complete there.
 
-    Writes root/{train,val}/*.png, root/annotations/instances_{train,val}.json and root/params.json
-    (the parameters, written last, so its presence marks a complete dataset). A dataset with other
-    parameters is replaced. Several processes may call this at once (torchrun): an exclusive lock
-    on root/.lock serialises them (flock: local file systems only), and the files are drawn into a
-    temporary folder and then moved into place.
-    Returns:
-        dict with keys 'train_images', 'train_ann', 'val_images', 'val_ann' (paths).
+    write(folder) draws every file into `folder` (a temporary folder inside root); its top-level entries then
+    replace root's, and root/params.json (the parameters, written last, so its presence marks a complete dataset)
+    is written. A dataset with other parameters is replaced. Several processes may call this at once (torchrun):
+    an exclusive lock on root/.lock serialises them (flock: local file systems only), and the files are drawn
+    into the temporary folder and then moved into place. Returns `paths`.
     """
-    params = {"num_train": int(num_train), "num_val": int(num_val), "seed": int(seed),
-              "version": GENERATOR_VERSION}
     os.makedirs(root, exist_ok=True)
-    if _is_complete(root, params):
-        return _paths(root)
+    if _is_complete(root, params, paths):
+        return paths
     with open(os.path.join(root, ".lock"), "w") as lock:
         try:
             import fcntl
             fcntl.flock(lock, fcntl.LOCK_EX)
         except ImportError:  # not POSIX: no lock, the rename still avoids half-written files
             pass
-        if not _is_complete(root, params):  # another process may have finished meanwhile
+        if not _is_complete(root, params, paths):  # another process may have finished meanwhile
             temporary = tempfile.mkdtemp(prefix=".generating-", dir=root)
             try:
-                os.makedirs(os.path.join(temporary, "annotations"))
-                _write_split(temporary, "train", num_train, seed)
-                _write_split(temporary, "val", num_val, seed)
+                write(temporary)
                 params_path = os.path.join(root, "params.json")
                 if os.path.exists(params_path):
                     os.remove(params_path)
-                for name in ("train", "val", "annotations"):
+                for name in sorted(os.listdir(temporary)):
                     target = os.path.join(root, name)
                     if os.path.exists(target):
                         shutil.rmtree(target)
@@ -307,7 +310,24 @@ def ensure_shapes_dataset(root, num_train=1200, num_val=200, seed=0):
                 os.replace(params_path + ".tmp", params_path)
             finally:
                 shutil.rmtree(temporary, ignore_errors=True)
-    return _paths(root)
+    return paths
+
+
+def ensure_shapes_dataset(root, num_train=1200, num_val=200, seed=0):
+    """Create the shapes dataset under `root` unless an identical one is already there (ensure_generated).
+
+    Writes root/{train,val}/*.png, root/annotations/instances_{train,val}.json and root/params.json.
+    Returns:
+        dict with keys 'train_images', 'train_ann', 'val_images', 'val_ann' (paths).
+    """
+    params = {"num_train": int(num_train), "num_val": int(num_val), "seed": int(seed),
+              "version": GENERATOR_VERSION}
+
+    def write(folder):
+        os.makedirs(os.path.join(folder, "annotations"))
+        _write_split(folder, "train", num_train, seed)
+        _write_split(folder, "val", num_val, seed)
+    return ensure_generated(root, params, write, _paths(root))
 
 
 def main():

@@ -120,14 +120,20 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "coco"                # coco | shapes (embedded synthetic set, generated on first use): data.build
+    # coco | lvis (LVIS v1 through the lvis package: LVISEval, APr/APc/APf) | shapes | shapes_lvis (embedded
+    # synthetic sets in COCO and in long-tailed LVIS format, generated on first use): data.build.DATASETS
+    dataset: str = "coco"
     train_images: str = "datasets/coco/train2017"
     train_ann: str = "datasets/coco/annotations/instances_train2017.json"
     val_images: str = "datasets/coco/val2017"
     val_ann: str = "datasets/coco/annotations/instances_val2017.json"
     shapes_root: str = "datasets/shapes"  # where the shapes set is written (git-ignored)
-    shapes_num_train: int = 1200
+    shapes_lvis_root: str = "datasets/shapes_lvis"  # where the long-tailed LVIS-format shapes set is written
+    shapes_num_train: int = 1200         # images of the generated train / val splits (shapes and shapes_lvis)
     shapes_num_val: int = 200
+    # Repeat-factor sampling threshold t (data/repeat_factors.py): an image repeats max(1, sqrt(t / f_c)) times for
+    # its rarest class c, f_c the fraction of train images containing c. LVIS recipe 0.001; null: off.
+    repeat_threshold: typing.Optional[float] = None
     train_short_sides: typing.List[int] = field(default_factory=lambda: [800])
     short_side_mode: Literal["choice", "range"] = "choice"  # one of train_short_sides | uniform in [min, max]
     max_size: int = 1333
@@ -399,6 +405,9 @@ def validate(cfg):
     crop = cfg.data.train_crop
     if crop is not None and (len(crop) != 2 or min(crop) < 1):
         raise ConfigError(f"config key 'data.train_crop' needs [height, width] > 0 (or null), got {crop}")
+    if cfg.data.repeat_threshold is not None and not 0 < cfg.data.repeat_threshold <= 1:
+        raise ConfigError(f"config key 'data.repeat_threshold' must be in (0, 1] (or null), "
+                          f"got {cfg.data.repeat_threshold}")
     if not 0 <= cfg.data.flip_prob <= 1:
         raise ConfigError(f"config key 'data.flip_prob' must be in [0, 1], got {cfg.data.flip_prob}")
     if len(cfg.optim.betas) != 2:

@@ -165,7 +165,8 @@ def test_invalid_choices_and_bounds_name_the_key(override, message):
     ("model.assigner.low_quality=mmdetection", r"'model.assigner.low_quality' expects one of"),
     ("model.head.type=gfll", r"'model.head.type' must be one of \['retinanet', 'atss', 'gfl'\], got 'gfll'; "
                              r"did you mean 'gfl'"),
-    ("data.dataset=cocoo", r"'data.dataset' must be one of \['coco', 'shapes'\], got 'cocoo'; did you mean 'coco'"),
+    ("data.dataset=cocoo", r"'data.dataset' must be one of \['coco', 'lvis', 'shapes', 'shapes_lvis'\], got 'cocoo'; "
+                           r"did you mean 'coco'"),
 ])
 def test_choices_are_stated_once_and_suggest_the_nearest(override, message):
     with pytest.raises(ConfigError, match=message):
