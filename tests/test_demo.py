@@ -1,0 +1,67 @@
+"""scripts/demo.py: detections drawn on images, the same as eval.py's, and one-line errors for bad inputs."""
+import os
+
+import numpy as np
+from cli_tools import assert_one_error_line, check_ok, read_json, run_tool
+from PIL import Image, ImageColor
+
+DEMO = os.path.join("scripts", "demo.py")
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]  # tab10's first four: labels 0-3 (cat ids 3, 7, 11, 42)
+LABEL_OF = {3: 0, 7: 1, 11: 2, 42: 3}
+
+
+def test_demo_draws_the_detections_it_records(trained, shapes_small, tmp_path):
+    work_dir, _, _ = trained
+    checkpoint = os.path.join(work_dir, "checkpoints", "last.pth")
+    # eval.py's detections of the whole val folder (image ids from the annotations: file 00000k.png is id k + 1)
+    check_ok(run_tool(["eval.py", "--checkpoint", checkpoint, "--images", shapes_small["val_images"],
+                       "--image-info", shapes_small["val_ann"], "--out-dir", str(tmp_path / "eval")]))
+    everything = read_json(tmp_path / "eval" / "detections.json")
+    files = ["000001.png", "000002.png", "000003.png"]
+    scores = sorted((d["score"] for d in everything if d["image_id"] in (2, 3, 4)), reverse=True)
+    threshold = scores[min(9, len(scores) - 1)]  # about ten boxes over the three images
+
+    out = tmp_path / "demo"
+    result = check_ok(run_tool([DEMO, "--checkpoint", checkpoint, *[os.path.join(shapes_small["val_images"], name)
+                                                                    for name in files],
+                                "--out", str(out), "--score-thr", str(threshold), "--batch-size", "1"]))
+    assert f"on 3 images -> {out}/*.png" in result.stdout
+    assert sorted(os.listdir(out)) == ["000001.png", "000002.png", "000003.png", "detections.json"]
+    drawn = read_json(out / "detections.json")
+    # numeric file names are the image ids (1, 2, 3); the annotations number the same files 2, 3, 4
+    expected = [dict(d, image_id=d["image_id"] - 1) for d in everything
+                if d["image_id"] in (2, 3, 4) and d["score"] >= threshold]
+    assert sorted(drawn, key=lambda d: (d["image_id"], -d["score"])) == \
+        sorted(expected, key=lambda d: (d["image_id"], -d["score"]))
+    assert len(drawn) >= 10
+
+    for index, name in enumerate(files, start=1):
+        original = np.asarray(Image.open(os.path.join(shapes_small["val_images"], name)).convert("RGB"))
+        picture = np.asarray(Image.open(out / name).convert("RGB"))
+        assert picture.shape == original.shape
+        mine = [d for d in drawn if d["image_id"] == index]
+        if not mine:
+            assert (picture == original).all()
+            continue
+        # the last box drawn lies on top: the middle of its bottom edge (2 px wide, inside the box; the JSON's
+        # rounding may move it by one) has its class colour
+        x, y, width, height = mine[-1]["bbox"]
+        colour = ImageColor.getrgb(PALETTE[LABEL_OF[mine[-1]["category_id"]]])
+        bottom = min(int(y + height), picture.shape[0] - 1)
+        assert colour in [tuple(picture[row, int(x + width / 2)]) for row in (bottom - 1, bottom)]
+
+
+def test_demo_reads_folders_and_globs_and_names_a_bad_file(trained, shapes_small, tmp_path):
+    work_dir, _, _ = trained
+    checkpoint = os.path.join(work_dir, "checkpoints", "last.pth")
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    Image.open(os.path.join(shapes_small["val_images"], "000004.png")).save(folder / "cat.png")
+    pattern = os.path.join(shapes_small["val_images"], "00001*.png")  # 000010.png, 000011.png
+    result = check_ok(run_tool([DEMO, "--checkpoint", checkpoint, str(folder), pattern, "--out", str(tmp_path / "o"),
+                                "--score-thr", "0.99"]))
+    assert "on 3 images" in result.stdout
+    assert sorted(os.listdir(tmp_path / "o")) == ["000010.png", "000011.png", "cat.png", "detections.json"]
+    (folder / "broken.png").write_bytes(b"\x89PNG truncated")
+    result = run_tool([DEMO, "--checkpoint", checkpoint, str(folder), "--out", str(tmp_path / "o2")])
+    assert_one_error_line(result.returncode, result.stderr, f"{folder / 'broken.png'}: unreadable image")
