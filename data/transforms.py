@@ -62,7 +62,8 @@ class Resize:
         width, height = image.size
         scale = min(self._short_side() / min(width, height), self.max_size / max(width, height))
         new_width, new_height = max(1, int(width * scale + 0.5)), max(1, int(height * scale + 0.5))
-        image = image.resize((new_width, new_height), Image.BILINEAR)
+        if (new_width, new_height) != (width, height):  # an image already at the size is used as it is
+            image = image.resize((new_width, new_height), Image.BILINEAR)
         target = dict(target)
         scale_x, scale_y = new_width / width, new_height / height
         boxes = target["boxes"] * torch.tensor([scale_x, scale_y, scale_x, scale_y], dtype=target["boxes"].dtype)
