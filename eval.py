@@ -22,7 +22,9 @@ import sys
 import torch
 
 from data.build import build_dataset, build_evaluator, build_test_loader, check_categories, check_data_config
+from data.coco import DatasetError
 from data.image_folder import ImageFolder, assign_image_ids, list_images, read_image_info
+from data.lvis import LvisDetection
 from data.pr_curves import write_pr_curves
 from data.transforms import build_transforms
 from detector import build_model, build_postprocessor, dist
@@ -81,6 +83,9 @@ def main():
         logger.info(f"{args.images}: {len(dataset)} images without annotations")
     else:
         dataset = build_dataset(cfg.data, train=False)
+        if args.pr_curves and isinstance(dataset, LvisDetection):
+            raise DatasetError(f"{dataset.ann_file}: --pr-curves draws COCOeval's curves, which LVIS's federated "
+                               "annotations (negative and not-exhaustive category lists) would misread")
         cat_ids, evaluator = dataset.cat_ids, build_evaluator(dataset)
         if checkpoint.get("classes") is not None:
             check_categories(dataset, checkpoint["classes"]["cat_ids"], checkpoint["classes"]["class_names"],

@@ -130,3 +130,16 @@ def test_image_folder_item(tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     with pytest.raises(DatasetError, match="broken.jpg: unreadable image"):
         ImageFolder([str(tmp_path / "broken.jpg")])[0]
+
+
+def test_pr_curves_refuse_lvis_federated_annotations(run_main_in_process, trained, tmp_path):
+    from data.synthetic_lvis import ensure_shapes_lvis_dataset
+    work_dir, _, _ = trained
+    root = str(tmp_path / "shapes_lvis")
+    ensure_shapes_lvis_dataset(root, num_train=40, num_val=12)
+    code, stderr = run_main_in_process("eval.py", [
+        "--checkpoint", os.path.join(work_dir, "checkpoints", "last.pth"), "--pr-curves", "--out-dir",
+        str(tmp_path / "out"), "data.dataset=shapes_lvis", f"data.shapes_lvis_root={root}", "data.shapes_num_train=40",
+        "data.shapes_num_val=12"])
+    assert_one_error_line(code, stderr, "--pr-curves draws COCOeval's curves, which LVIS's federated")
+    assert not (tmp_path / "out").exists()
