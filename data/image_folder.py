@@ -78,6 +78,32 @@ def assign_image_ids(paths, image_info=None, image_info_path="the image-info fil
     return list(range(1, len(paths) + 1))
 
 
+def read_sizes(paths):
+    """(width, height) of each image from its header (no decoding); a file that is missing or not an image is a
+    DatasetError naming it, before any model runs."""
+    sizes = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                sizes.append(image.size)
+        except FileNotFoundError:
+            raise DatasetError(f"{path}: image file not found") from None
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+            raise DatasetError(f"{path}: unreadable image ({error})") from None
+    return sizes
+
+
+def same_size_batches(sizes, batch_size):
+    """Lists of at most batch_size indices into `sizes`, each list of one image size (sizes in order of first
+    appearance, indices in order). Images of one size resize and pad alike, so a batch adds no padding that a
+    single image would not have and every result is the one of batch size 1 (data.build.build_test_loader)."""
+    groups = {}
+    for index, size in enumerate(sizes):
+        groups.setdefault(tuple(size), []).append(index)
+    return [indices[start:start + batch_size] for indices in groups.values()
+            for start in range(0, len(indices), batch_size)]
+
+
 class ImageFolder(torch.utils.data.Dataset):
     """Unannotated images for inference.
 

@@ -7,9 +7,10 @@ INPUT: image files, folders (their image files) or glob patterns (quote them). W
 image (boxes with class names and scores, drawn by torchvision.utils.draw_bounding_boxes) and detections.json:
 the drawn detections (score >= --score-thr) in the COCO results format (xywh in original pixels, the
 checkpoint's category ids). Image ids: numeric file names give theirs (000000397133.jpg is 397133), otherwise
-1..N in the order listed (data/image_folder.py). Images run in batches of --batch-size through the
-checkpoint's own test transforms, model and post-processor; a missing or unreadable image stops with one line
-naming the file. Without --config the configuration saved in the checkpoint is used.
+1..N in the order listed (data/image_folder.py). Images of one size run in batches of up to --batch-size (so a
+batch never pads an image more than it alone would be, and results equal eval.py's one image at a time) through
+the checkpoint's own test transforms, model and post-processor; a missing or unreadable image stops with one
+line naming the file. Without --config the configuration saved in the checkpoint is used.
 """
 import argparse
 import functools
@@ -27,7 +28,13 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data.collate import collate  # noqa: E402
-from data.image_folder import ImageFolder, assign_image_ids, list_images  # noqa: E402
+from data.image_folder import (  # noqa: E402
+    ImageFolder,
+    assign_image_ids,
+    list_images,
+    read_sizes,
+    same_size_batches,
+)
 from data.transforms import build_transforms  # noqa: E402
 from detector import build_model, build_postprocessor  # noqa: E402
 from detector.checkpoint import CheckpointError, load_checkpoint, load_state  # noqa: E402
@@ -79,9 +86,10 @@ def main():
     paths = list_images(args.inputs)
     image_ids = assign_image_ids(paths)
     names = output_names(paths, image_ids)
+    batches = same_size_batches(read_sizes(paths), args.batch_size)  # batching never changes a detection
 
     dataset = ImageFolder(paths, build_transforms(False, [cfg.data.test_short_side], cfg.data.max_size), image_ids)
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=cfg.data.workers,
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=cfg.data.workers,
                         collate_fn=functools.partial(collate, size_divisor=cfg.data.size_divisor))
     use_cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
@@ -94,21 +102,21 @@ def main():
     precision = choose_precision(cfg.train.amp, device)
     os.makedirs(args.out, exist_ok=True)
 
-    results, index = [], 0
+    results = {}  # input index -> its COCO results (batches follow image sizes, the JSON follows the inputs)
     with torch.no_grad():
-        for images, targets in tqdm(loader, desc="demo", unit="batch", dynamic_ncols=True,
-                                    disable=not sys.stderr.isatty()):  # in a log file, the last line says it all
+        for indices, (images, targets) in zip(batches, tqdm(loader, desc="demo", unit="batch", dynamic_ncols=True,
+                                                            disable=not sys.stderr.isatty())):
             with precision.autocast(device):
                 outputs = model(images_to(images, device, cfg.train.channels_last))
             detections = postprocessor(outputs, targets["image_sizes"].to(device),
                                        targets["scale_factors"].to(device))
-            for detection in detections:
+            for index, detection in zip(indices, detections):
                 keep = detection["scores"] >= args.score_thr
                 detection = {key: value[keep].cpu() for key, value in detection.items()}
                 drawn = draw(dataset.load_image(index), detection, class_names)  # the file's own pixels
                 Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(os.path.join(args.out, names[index]))
-                results.extend(to_coco_results([detection], [image_ids[index]], cat_ids))  # (boxes -> xywh in place)
-                index += 1
+                results[index] = to_coco_results([detection], [image_ids[index]], cat_ids)  # (boxes -> xywh in place)
+    results = [result for index in sorted(results) for result in results[index]]
     with open(os.path.join(args.out, "detections.json"), "w") as f:
         json.dump(results, f)
     print(f"{len(results)} detections (score >= {args.score_thr}) on {len(paths)} images -> {args.out}/*.png, "
