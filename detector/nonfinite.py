@@ -31,7 +31,7 @@ class NonFiniteError(UserError, FloatingPointError):
 
 
 class NonFiniteGuard:
-    ADVICE = ("the newest checkpoint is the last good one (nothing was saved after it); check these images "
+    ADVICE = ("nothing is saved from this step on, so the newest checkpoint is good; check these images "
               "(scripts/check_dataset.py), lower optim.lr or set optim.grad_clip")
 
     def __init__(self, policy="stop", max_skips=3, image_files=None):
