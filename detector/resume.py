@@ -67,8 +67,9 @@ def check_resume(path, cfg, world_size, override=False):
     try:
         checkpoint = load_checkpoint(path, required=[key for key in RESUME_KEYS if key != "optimizer"])
     except CheckpointError as error:
-        others = sorted(name for name in os.listdir(os.path.dirname(path) or ".") if name.startswith("iter_")
-                        and os.path.join(os.path.dirname(path), name) != path) if os.path.isfile(path) else []
+        folder = os.path.dirname(path) or "."
+        others = sorted(name for name in os.listdir(folder) if name.startswith("iter_")  # not last.pth's own file
+                        and not os.path.samefile(os.path.join(folder, name), path)) if os.path.isfile(path) else []
         hint = f"; earlier checkpoints there: {', '.join(others[-3:])} (pass one to --resume)" if others else ""
         raise CheckpointError(f"{error}{hint}") from None
     if checkpoint.get("optimizer") is None:

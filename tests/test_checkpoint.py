@@ -181,3 +181,14 @@ def test_the_cli_accepts_resume_override(tmp_path, run_main_in_process):
     returncode, stderr = run_main_in_process("train.py", ["--config", "shapes_gfl_r18.yaml", "--resume", path,
                                                           "--work-dir", str(tmp_path / "run")])
     assert_one_error_line(returncode, stderr, "resuming with processes (world size): 2 -> 1")
+
+
+def test_a_truncated_last_checkpoint_names_the_earlier_ones(tmp_path):
+    directory = CheckpointDirectory(str(tmp_path), keep=3)
+    for iteration in (10, 20):
+        directory.save({**resumable(load_config("shapes_gfl_r18.yaml")), "iteration": iteration})
+    with open(directory.last, "r+b") as handle:   # last.pth and iter_00000020.pth are one file
+        handle.truncate(1000)
+    with pytest.raises(CheckpointError, match=r"last\.pth: cannot be loaded .*; earlier checkpoints there: "
+                                              r"iter_00000010\.pth \(pass one to --resume\)$"):
+        check_resume(directory.last, load_config("shapes_gfl_r18.yaml"), 1)
