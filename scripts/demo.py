@@ -57,12 +57,15 @@ def output_names(paths, image_ids):
 
 def draw(image, detection, class_names, line_width=2):
     """image: PIL RGB of the original file; detection: dict of boxes [K, 4] xyxy original pixels, scores [K],
-    labels [K] -> uint8 tensor [3, H, W] with each box and its 'name score' label."""
+    labels [K] -> uint8 tensor [3, H, W] with each box and its 'name score' label, drawn from the lowest score up
+    (a box scored for several classes shows its best class on top)."""
     pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)  # [3, H, W] uint8
-    labels = detection["labels"].tolist()
+    order = detection["scores"].argsort(stable=True).tolist()  # ascending
+    labels = [detection["labels"][index].item() for index in order]
+    scores = [detection["scores"][index].item() for index in order]
     colours = [PALETTE[label % len(PALETTE)] for label in labels]
-    captions = [f"{class_names[label]} {score:.2f}" for label, score in zip(labels, detection["scores"].tolist())]
-    return draw_bounding_boxes(pixels, detection["boxes"].float(), labels=captions, colors=colours,
+    captions = [f"{class_names[label]} {score:.2f}" for label, score in zip(labels, scores)]
+    return draw_bounding_boxes(pixels, detection["boxes"][order].float(), labels=captions, colors=colours,
                                width=line_width, label_colors="white", fill_labels=True,
                                label_background_colors=colours)
 
