@@ -154,6 +154,7 @@ class OptimConfig:
     momentum: float = 0.9                # SGD momentum
     betas: typing.List[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW
     weight_decay: float = 1e-4
+    decay_norm_and_bias: bool = True     # false: no weight decay on 1-d parameters (biases, norm terms, Scales)
     warmup_iters: int = 500
     warmup_ratio: float = 0.001          # warmup starts at warmup_ratio x lr
     schedule: Literal["step", "cosine"] = "step"  # x gamma at milestones (reference) | cosine to min_lr_ratio x lr

@@ -24,6 +24,12 @@ OPTIMIZERS = {  # optim.type -> optimizer over the trainable parameters at learn
 
 
 def build_optimizer(parameters, lr, optim_cfg):
+    """The optim.type optimizer over `parameters`; with optim.decay_norm_and_bias false the 1-d ones (biases,
+    norm affine terms, Scales) form a second group without weight decay (mmdetection's norm/bias_decay_mult 0)."""
+    parameters = list(parameters)
+    if not optim_cfg.decay_norm_and_bias:
+        parameters = [{"params": [p for p in parameters if p.ndim > 1]},
+                      {"params": [p for p in parameters if p.ndim <= 1], "weight_decay": 0.0}]
     return choose(OPTIMIZERS, optim_cfg.type, "optim.type")(parameters, lr, optim_cfg)
 
 
