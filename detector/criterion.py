@@ -159,7 +159,7 @@ class DenseCriterion(nn.Module):
             params["pos_neg"] = self.efl_pos_neg.to(logits.dtype, copy=True)  # this step's g_j, before the update
         elementwise = self.cls_fn(logits, labels, scores, **params)                       # [N, C]
         loss = (elementwise.sum(dim=-1) * weights).sum() / num_pos * self.loss_cls.weight
-        del elementwise  # [N, C], not needed by the backward (losses/closed_form.py keeps only the logits)
+        del elementwise  # [N, C], not needed by the backward (losses/focal.py's ClosedFormLoss keeps only the logits)
         if self.cls_grad_fn is not None and self.training:
             self.update_gradient_statistics(logits.detach(), labels, scores, weights, params,
                                             self.loss_cls.weight / num_pos.to(torch.float64))

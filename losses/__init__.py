@@ -18,14 +18,19 @@ up in the tables below and lists the valid names when it is unknown.
 """
 import difflib
 
-from .closed_form import target_entries
 from .equalized import (
     equalized_focal_grad,
     equalized_focal_loss,
     equalized_quality_focal_grad,
     equalized_quality_focal_loss,
 )
-from .focal import binary_cross_entropy, distribution_focal_loss, quality_focal_loss, sigmoid_focal_loss
+from .focal import (
+    binary_cross_entropy,
+    distribution_focal_loss,
+    quality_focal_loss,
+    sigmoid_focal_loss,
+    target_entries,
+)
 from .iou import aligned_iou, ciou_loss, diou_loss, eiou_loss, focal_eiou_loss, giou_loss, iou_loss
 from .regression import focal_l1_loss, l1_loss, smooth_l1_loss
 

@@ -11,8 +11,7 @@ Targets are given by index as in losses/focal.py: labels [N] (outside [0, C): ba
 (soft target at the label; None: 1). `*_grad` return d(sum of the loss) / d logits element by element,
 detached, from which the criterion accumulates the g_j statistics without backward hooks (REFERENCE.md).
 """
-from .closed_form import focal_gradient, focal_loss, quality_gradient, quality_loss
-from .focal import require_one_hot
+from .focal import focal_gradient, focal_loss, quality_gradient, quality_loss, require_one_hot
 
 
 def equalized_focus(pos_neg, gamma, scale, like):
@@ -39,7 +38,7 @@ def equalized_focal_loss(logits, labels, scores=None, pos_neg=None, alpha=0.25, 
 
 def equalized_focal_grad(logits, labels, scores=None, pos_neg=None, alpha=0.25, gamma=2.0, scale=8.0):
     """Closed-form d(sum of equalized_focal_loss) / d logits, element by element, detached [N, C]
-    (losses/closed_form.py, focal_gradient). Args: as equalized_focal_loss."""
+    (losses/focal.py, focal_gradient). Args: as equalized_focal_loss."""
     require_one_hot(scores, "equalized_focal")
     return focal_gradient(logits, labels, *equalized_focus(pos_neg, gamma, scale, logits), alpha)
 
@@ -61,6 +60,6 @@ def equalized_quality_focal_loss(logits, labels, scores=None, pos_neg=None, beta
 
 def equalized_quality_focal_grad(logits, labels, scores=None, pos_neg=None, beta=2.0, scale=8.0):
     """Closed-form d(sum of equalized_quality_focal_loss) / d logits, element by element, detached [N, C]
-    (losses/closed_form.py, quality_gradient: w_j sign(p - y) d^(gamma_j - 1) (d^2 + gamma_j p (1 - p) BCE(x, y)),
+    (losses/focal.py, quality_gradient: w_j sign(p - y) d^(gamma_j - 1) (d^2 + gamma_j p (1 - p) BCE(x, y)),
     d = |p - y|). Args: as equalized_quality_focal_loss."""
     return quality_gradient(logits, labels, scores, *equalized_focus(pos_neg, beta, scale, logits))

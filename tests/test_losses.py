@@ -150,8 +150,8 @@ def _equalized_focal_dense(logits, dense, pos_neg, alpha, gamma=2.0, scale=8.0):
 
 @pytest.mark.parametrize('alpha', [0.25, -1])
 def test_equalized_focal_gradient_matches_autograd_of_the_formula(classification_inputs, generator, alpha):
-    """Our backward is the closed form (losses/closed_form.py); autograd of the formula written out above is the
-    independent check, of the values and of the gradient (equalized_focal_grad and the loss's backward)."""
+    """Our backward is the closed form (losses/focal.py, ClosedFormLoss); autograd of the formula written out above
+    is the independent check, of the values and of the gradient (equalized_focal_grad and the loss's backward)."""
     logits, labels, dense = classification_inputs
     pos_neg = torch.rand(6, generator=generator, dtype=torch.float64)
     pos_neg[0] = 1.0
