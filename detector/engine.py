@@ -10,6 +10,7 @@ import torch
 from tqdm import tqdm
 
 from . import dist
+from .box_ops import xyxy_to_xywh
 from .config import choose
 
 logger = logging.getLogger("focaldet")
@@ -152,8 +153,7 @@ def to_coco_results(detections, image_ids, cat_ids):
     """Per-image detections (xyxy original pixels, contiguous labels) -> COCO results (xywh, dataset ids)."""
     results = []
     for detection, image_id in zip(detections, image_ids):
-        boxes = detection["boxes"].cpu()
-        boxes[:, 2:] -= boxes[:, :2]
+        boxes = xyxy_to_xywh(detection["boxes"].cpu())          # a new tensor: the detections stay xyxy
         for box, score, label in zip(boxes.tolist(), detection["scores"].tolist(), detection["labels"].tolist()):
             results.append({"image_id": int(image_id), "category_id": int(cat_ids[label]),
                             "bbox": [round(v, 3) for v in box], "score": round(score, 5)})

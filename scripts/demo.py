@@ -118,7 +118,7 @@ def main():
                 detection = {key: value[keep].cpu() for key, value in detection.items()}
                 drawn = draw(dataset.load_image(index), detection, class_names)  # the file's own pixels
                 Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(os.path.join(args.out, names[index]))
-                results[index] = to_coco_results([detection], [image_ids[index]], cat_ids)  # (boxes -> xywh in place)
+                results[index] = to_coco_results([detection], [image_ids[index]], cat_ids)
     results = [result for index in sorted(results) for result in results[index]]
     with open(os.path.join(args.out, "detections.json"), "w") as f:
         json.dump(results, f)
