@@ -27,10 +27,11 @@ import sys
 import time
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from torchvision_models import build_torchvision_detector, to_torchvision_inputs  # noqa: E402
 
 from data.build import build_dataset  # noqa: E402
 from data.collate import collate  # noqa: E402
@@ -120,16 +121,6 @@ def batches(dataset, data_cfg, seed, iters):
         epoch += 1
 
 
-def unpad(images, targets):
-    """Padded batch -> list of [3, h, w] images and torchvision's per-image target dicts (no crowd rows)."""
-    image_list, target_list = [], []
-    for i, (height, width) in enumerate(targets["image_sizes"].tolist()):
-        image_list.append(images[i, :, :height, :width])
-        keep = targets["valid"][i] & ~targets["crowd"][i]
-        target_list.append({"boxes": targets["boxes"][i][keep], "labels": targets["labels"][i][keep]})
-    return image_list, target_list
-
-
 # --- models: a common interface (loss of a batch, detections of a batch) ----------------------------
 
 class Ours:
@@ -155,37 +146,19 @@ class Ours:
 
 
 class Torchvision:
-    """torchvision's FCOS or RetinaNet as its *_resnet50_fpn builder makes it with weights=None."""
+    """torchvision's FCOS or RetinaNet as its *_resnet50_fpn builder makes it with weights=None (any depth, width)."""
 
     def __init__(self, name, args, num_classes):
-        from torchvision.models import resnet
-        from torchvision.models.detection import FCOS, RetinaNet
-        from torchvision.models.detection.backbone_utils import BackboneWithFPN
-        from torchvision.ops.feature_pyramid_network import LastLevelP6P7
-
-        body = getattr(resnet, f"resnet{args.depth}")(weights=None, norm_layer=nn.BatchNorm2d)
-        c5 = body.fc.in_features
-        # As _resnet_fpn_extractor with all 5 stages trainable (weights=None), at any FPN width.
-        # FCOS: P6 from P5; RetinaNet v1: P6 from C5.
-        width = args.feat_channels
-        extra = LastLevelP6P7(width, width) if name == "tv_fcos" else LastLevelP6P7(c5, width)
-        backbone = BackboneWithFPN(body, {"layer2": "0", "layer3": "1", "layer4": "2"}, [c5 // 4, c5 // 2, c5],
-                                   width, extra_blocks=extra)
-        # Sigmoid heads: C foreground logits for contiguous labels 0..C-1 (no background slot is needed).
-        common = dict(min_size=args.short_side, max_size=args.max_size, image_mean=[0.0] * 3, image_std=[1.0] * 3,
-                      score_thresh=args.score_thr, detections_per_img=100, topk_candidates=1000)
-        self.model = (FCOS if name == "tv_fcos" else RetinaNet)(backbone, num_classes, **common)
-        # Our loader has resized and normalised: torchvision's transform only batches (pads to 32).
-        self.model.transform.resize = lambda image, target: (image, target)
+        self.model = build_torchvision_detector(name.removeprefix("tv_"), args.depth, args.feat_channels,
+                                                num_classes, args.short_side, args.max_size, args.score_thr)
         self.description = f"torchvision {type(self.model).__name__} R{args.depth}-FPN, weights=None"
         self.criterion, self.grad_clip = None, None
 
     def losses(self, images, targets):
-        image_list, target_list = unpad(images, targets)
-        return self.model(image_list, target_list)
+        return self.model(*to_torchvision_inputs(images, targets))
 
     def detect(self, images, targets):
-        image_list, _ = unpad(images, targets)
+        image_list, _ = to_torchvision_inputs(images, targets)
         outputs = self.model(image_list)   # boxes in network-input pixels (no resize happened)
         detections = []
         for output, scale_factor in zip(outputs, targets["scale_factors"]):
