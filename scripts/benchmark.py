@@ -20,17 +20,32 @@ The model is untrained, so few candidates pass the score threshold and inference
 backward alone on random head outputs of the model's shapes (cls_logits [B, A, C] a leaf in the forward's
 precision), with the peak memory above those inputs: what the loss path itself costs (with C = 1203 classes
 every [B, A, C] temporary counts; README, "Memory with 1203 classes").
+
+`--vs torchvision` times the config against torchvision's counterpart (RetinaNet for RetinaNet configs, FCOS for
+ATSS and GFL; scripts/torchvision_models.py, built as its *_resnet50_fpn builder with weights=None) at the same
+backbone depth, input size, batch, classes (`--classes`) and GT boxes per image (`--gts`): training steps, then
+inference with post-processing, interleaved A B A B in one process, with medians, minima and the ratios
+ours / theirs, the criterion alone, each model's peak memory (measured in its own fresh process) and the machine
+facts; `--json FILE` writes them too. On CUDA the steps are timed with CUDA events and img/s is reported.
+
+    python scripts/benchmark.py --config gfl_r50.yaml --vs torchvision --height 512 --width 512 --batch-size 2 \
+        --gts 5 train.amp=off
 """
 import argparse
+import dataclasses
+import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from torchvision_models import build_torchvision_detector, to_torchvision_inputs  # noqa: E402
 
 from detector import build_criterion, build_model, build_postprocessor  # noqa: E402
 from detector.config import load_config  # noqa: E402
@@ -71,19 +86,24 @@ def random_head_outputs(model, batch_size, height, width, num_classes, box_chann
                        num_per_level)
 
 
+def time_once(function, device):
+    """Seconds of one call of function(): CUDA events on a GPU, the wall clock on the CPU."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        function()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1000
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
 def timed(function, device, warmup, iters):
     """Median seconds of function() over iters calls, after warmup calls."""
-    times = []
-    for step in range(warmup + iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        function()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if step >= warmup:
-            times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    times = [time_once(function, device) for _ in range(warmup + iters)]
+    return statistics.median(times[warmup:])
 
 
 def _status_mib(field):
@@ -146,8 +166,12 @@ def main():
     parser.add_argument("--batch-size", type=int, help="default: data.batch_size")
     parser.add_argument("--height", type=int, help="default: data.train_crop[0], else max(data.train_short_sides)")
     parser.add_argument("--width", type=int, help="default: data.train_crop[1], else data.max_size")
-    parser.add_argument("--num-classes", type=int, default=80)
-    parser.add_argument("--boxes-per-image", type=int, default=8)
+    parser.add_argument("--num-classes", "--classes", type=int, default=80, dest="num_classes")
+    parser.add_argument("--boxes-per-image", "--gts", type=int, default=8, dest="boxes_per_image",
+                        help="ground-truth boxes per image")
+    parser.add_argument("--vs", choices=["torchvision"], help="time against torchvision's counterpart, interleaved")
+    parser.add_argument("--json", help="also write the --vs figures to this file")
+    parser.add_argument("--memory-of", choices=["ours", "torchvision"], help=argparse.SUPPRESS)  # --vs's subprocess
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--phases", default="train,inference",
@@ -180,6 +204,9 @@ def main():
     images = images.to(device, memory_format=memory_format)
     targets = {key: value.to(device) for key, value in targets.items()}
     scaler = precision.grad_scaler(device)
+    if args.vs or args.memory_of:
+        return versus_torchvision(args, cfg, device, precision, model, criterion, postprocessor, optimizer, scaler,
+                                  images, targets)
 
     def train_step():
         with precision.autocast(device):
@@ -234,6 +261,131 @@ def main():
         probe = matmul_probe(device, precision.name)  # right after the phase: the machine's speed at that moment
         print(f"{name:<10} {seconds * 1000:>9.1f} {batch_size / seconds:>9.1f} {peak:>9.0f} "
               f"{precision.name:>9} {capability:>12} {probe:>13.0f}  {machine}{note}")
+
+
+def our_steps(model, criterion, postprocessor, optimizer, scaler, precision, device, images, targets):
+    """(train step, inference step with post-processing, criterion forward + backward) of our detector."""
+    def train():
+        model.train()
+        with precision.autocast(device):
+            outputs = model(images)
+        losses = criterion(outputs, targets)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(sum(v for k, v in losses.items() if k.startswith("loss_"))).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    @torch.no_grad()
+    def inference():
+        model.eval()
+        with precision.autocast(device):
+            outputs = model(images)
+        postprocessor(outputs, targets["image_sizes"], targets["scale_factors"])
+
+    with torch.no_grad(), precision.autocast(device):
+        fixed = model.train()(images)  # head outputs, detached: the criterion's own cost (assignment to backward)
+    leaves = {key: getattr(fixed, key).detach().requires_grad_() for key in ("cls_logits", "box_regression")}
+    if fixed.centerness is not None:
+        leaves["centerness"] = fixed.centerness.detach().requires_grad_()
+
+    def criterion_only():
+        losses = criterion(dataclasses.replace(fixed, **leaves), targets)
+        sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
+    return train, inference, criterion_only
+
+
+def torchvision_steps(cfg, num_classes, precision, device, images, targets):
+    """(torchvision's name, train step, inference step) for the config's counterpart at the same depth and width."""
+    kind = "retinanet" if cfg.model.head.type == "retinanet" else "fcos"
+    model = build_torchvision_detector(kind, cfg.model.backbone.depth, cfg.model.fpn.out_channels, num_classes,
+                                       images.shape[-2], images.shape[-1], cfg.model.test.score_thr).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    scaler = precision.grad_scaler(device)
+    image_list, target_list = to_torchvision_inputs(images.contiguous(), targets)
+
+    def train():
+        model.train()
+        with precision.autocast(device):
+            losses = model(image_list, target_list)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(sum(losses.values())).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    @torch.no_grad()
+    def inference():
+        model.eval()
+        with precision.autocast(device):
+            model(image_list)
+    return f"torchvision {type(model).__name__} R{cfg.model.backbone.depth}", train, inference
+
+
+def peak_in_subprocess(which):
+    """Peak memory (MiB) of two training steps of `which` model alone, in a fresh process (this script, argv kept)."""
+    argv, skip = [], False
+    for token in sys.argv[1:]:   # all but --vs X and --json X (or --vs=X, --json=X)
+        if skip or token.startswith(("--vs=", "--json=")):
+            skip = False
+            continue
+        skip = token in ("--vs", "--json")
+        if not skip:
+            argv.append(token)
+    result = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--memory-of", which],
+                            capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def versus_torchvision(args, cfg, device, precision, model, criterion, postprocessor, optimizer, scaler, images,
+                       targets):
+    ours = our_steps(model, criterion, postprocessor, optimizer, scaler, precision, device, images, targets)
+    name, *theirs = torchvision_steps(cfg, args.num_classes, precision, device, images, targets)
+    if args.memory_of:  # the subprocess: two training steps of one model, then its peak
+        reset_peak_memory(device)
+        step = ours[0] if args.memory_of == "ours" else theirs[0]
+        step(), step()
+        print(json.dumps({"peak_mib": peak_memory_mib(device)}))
+        return
+    machine, capability = machine_facts(device)
+    batch, height, width = images.shape[0], images.shape[-2], images.shape[-1]
+    print(f"{cfg.name} ({cfg.model.head.type} R{cfg.model.backbone.depth}) vs {name} (weights=None): batch {batch} x "
+          f"{height}x{width}, {args.boxes_per_image} GTs/image, {args.num_classes} classes, {device}, "
+          f"{torch.get_num_threads()} threads, precision {precision.name}")
+    print(f"machine: {machine}, capability {capability}")
+    figures = {"config": cfg.name, "torchvision": name, "batch": batch, "height": height, "width": width,
+               "gts": args.boxes_per_image, "classes": args.num_classes, "precision": precision.name,
+               "device": str(device), "machine": machine, "capability": capability, "phases": {}}
+    print(f"{'phase':<10} {'ours ms med/min':>16} {'theirs ms med/min':>18} {'ratio med':>9} {'ratio min':>9} "
+          f"{'ours img/s':>10} {'theirs img/s':>12}")
+    for phase, mine, other in (("train", ours[0], theirs[0]), ("inference", ours[1], theirs[1])):
+        times = {"ours": [], "theirs": []}
+        for step in range(args.warmup + args.iters):  # A B A B: both see the machine's same moments
+            for key, function in (("ours", mine), ("theirs", other)):
+                seconds = time_once(function, device)
+                if step >= args.warmup:
+                    times[key].append(seconds)
+        median = {key: statistics.median(value) for key, value in times.items()}
+        minimum = {key: min(value) for key, value in times.items()}
+        row = {"ours_median_s": median["ours"], "ours_min_s": minimum["ours"], "theirs_median_s": median["theirs"],
+               "theirs_min_s": minimum["theirs"], "ratio_median": median["ours"] / median["theirs"],
+               "ratio_min": minimum["ours"] / minimum["theirs"], "ours_images_per_s": batch / median["ours"],
+               "theirs_images_per_s": batch / median["theirs"]}
+        figures["phases"][phase] = row
+        print(f"{phase:<10} {1000 * median['ours']:>8.0f}/{1000 * minimum['ours']:<7.0f} "
+              f"{1000 * median['theirs']:>9.0f}/{1000 * minimum['theirs']:<8.0f} {row['ratio_median']:>9.2f} "
+              f"{row['ratio_min']:>9.2f} {row['ours_images_per_s']:>10.1f} {row['theirs_images_per_s']:>12.1f}")
+    seconds = timed(ours[2], device, args.warmup, args.iters)
+    figures["criterion_s"] = seconds
+    figures["criterion_share_of_train"] = seconds / figures["phases"]["train"]["ours_median_s"]
+    print(f"criterion alone (assignment, targets, losses, backward): {1000 * seconds:.1f} ms = "
+          f"{100 * figures['criterion_share_of_train']:.2f}% of our training step")
+    figures["peak_mib"] = {"ours": peak_in_subprocess("ours"), "theirs": peak_in_subprocess("torchvision")}
+    figures["probe_gflops"] = matmul_probe(device, precision.name)
+    print(f"peak memory of two training steps, each alone in a fresh process: ours {figures['peak_mib']['ours']:.0f} "
+          f"MiB, theirs {figures['peak_mib']['theirs']:.0f} MiB; {precision.name} matmul probe "
+          f"{figures['probe_gflops']:.0f} GFLOP/s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=1)
 
 
 if __name__ == "__main__":
