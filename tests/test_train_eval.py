@@ -180,7 +180,7 @@ def test_inconsistent_data_and_checkpoints_are_one_error_line(run_main_in_proces
         ("train.py", run + ["optim.lr=1e30", "train.max_iters=3", "--work-dir", str(tmp_path / "r3")],
          "non-finite loss or gradient at iteration"),
         ("train.py", ["--config", "shapes_gfl_r18.yaml", "data.dataset=foo"],
-         "config key 'data.dataset' must be one of ['coco', 'shapes'], got 'foo'"),
+         "config key 'data.dataset' must be one of ['coco', 'lvis', 'shapes', 'shapes_lvis'], got 'foo'"),
         ("train.py", ["--config", "shapes_gfl_r18.yaml", "data.batch_size=0"],
          "config key 'data.batch_size' must be >= 1, got 0"),
     ]
