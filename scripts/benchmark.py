@@ -44,6 +44,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # scripts/: torchvision_models, also when imported
 
 from torchvision_models import build_torchvision_detector, to_torchvision_inputs  # noqa: E402
 
