@@ -7,10 +7,11 @@ targets (data/collate.py): boxes [B, M, 4], labels [B, M], valid [B, M], crowd [
 The head family (detector/families.py) decodes and encodes boxes and says whether classification targets
 are one-hot or soft; the criterion never asks which head it trains.
 
-Normalisation, as mmdetection 3.3 (REFERENCE.md), written once in `num_positives`: classification losses,
-RetinaNet's box loss and ATSS's centerness loss are divided by the sum over images of max(positives, 1),
-averaged over ranks and at least 1. ATSS box losses are divided by the sum of centerness targets, GFL box and
-DFL losses by the sum of the detached max class scores, both averaged over ranks and clamped at 1. Anchors
+Normalisation, as mmdetection 3.3 (REFERENCE.md), written once in `num_positives` and `box_normaliser`:
+classification losses, RetinaNet's box loss and ATSS's centerness loss are divided by the sum over images of
+max(positives, 1), averaged over ranks and at least 1. ATSS box losses are divided by the sum of centerness targets,
+GFL box and DFL losses by the sum of the detached max class scores, both averaged over ranks and clamped at 1 (in
+one process; at 1 / world size under DDP, so that N ranks train as one process on their N batches). Anchors
 outside an image's own padded area are never positive and take no loss. With no positive the box losses are
 exactly 0 and still in the graph (every parameter gets a gradient under DDP).
 
@@ -63,6 +64,17 @@ def check_soft_target_loss(loss_type, key, trainer):
         equalized = " (equalized_quality_focal is EFL's form for soft targets)" if loss_type in losses.GRADIENTS else ""
         raise ConfigError(f"{key}: '{loss_type}' takes one-hot targets, but {trainer} trains soft targets; use one "
                           f"of {', '.join(soft)}{equalized}")
+
+
+def box_normaliser(weights):
+    """Normaliser of weighted box losses: the sum of the positives' weights [P] over every rank's batch, clamped
+    at 1, divided by the number of ranks (DDP averages the ranks' gradients).
+
+    mmdetection clamps the rank mean at 1 (`reduce_mean(sum).clamp_(min=1)`); in one process the two are the same,
+    and clamping the mean at 1 / world_size keeps N ranks of b images equal to one process of N b images when the
+    sum is below 1 (GFL's first steps, whose weights are class scores near the 0.01 prior).
+    """
+    return reduce_mean(weights.sum()).clamp(min=1.0 / get_world_size())
 
 
 def gather_gt(matched, gt_boxes, gt_labels):
@@ -252,7 +264,7 @@ class CenternessCriterion(DenseCriterion):
         pos = self.positives(outputs, targets)
         num_pos = self.num_positives(pos["positive"])
         centerness = centerness_target(anchor_centers(pos["anchors"]), pos["gt_boxes"])      # [P]
-        normaliser = reduce_mean(centerness.sum()).clamp(min=1.0)
+        normaliser = box_normaliser(centerness)
         pred_boxes = self.family.decode(pos["anchors"], pos["strides"], pos["codes"])
         target_codes = self.family.encode(pos["anchors"], pos["strides"], pos["gt_boxes"])
         loss_box = self.weighted_box_loss(pred_boxes, pos["gt_boxes"], pos["codes"], target_codes, centerness,
@@ -289,7 +301,7 @@ class QualityCriterion(DenseCriterion):
         loss_cls = self.classification_loss(outputs.cls_logits, pos["labels"], scores, pos["valid"], num_pos)
 
         weights = at_least_float32(outputs.cls_logits[positive].detach()).sigmoid().amax(dim=-1)  # [P]
-        normaliser = reduce_mean(weights.sum()).clamp(min=1.0)
+        normaliser = box_normaliser(weights)
         raw_distances = self.family.encode(pos["anchors"], pos["strides"], pos["gt_boxes"], clamp=False)
         target_distances = self.family.encode(pos["anchors"], pos["strides"], pos["gt_boxes"])  # [P, 4] clamped
         loss_box = self.weighted_box_loss(pred_boxes, pos["gt_boxes"], pos["codes"], target_distances, weights,

@@ -41,13 +41,20 @@ def tower(in_channels, feat_channels, stacked_convs, norm):
 
 
 def flatten_levels(maps, channels_per_anchor):
-    """[[B, K * X, H_l, W_l]] per level -> [B, A, X] with A = sum_l H_l * W_l * K."""
-    flat = []
-    for x in maps:
-        batch, _, height, width = x.shape
-        x = x.permute(0, 2, 3, 1)                                   # [B, H, W, K * X]
-        flat.append(x.reshape(batch, -1, channels_per_anchor))       # [B, H * W * K, X]
-    return torch.cat(flat, dim=1)
+    """[[B, K * X, H_l, W_l]] per level -> [B, A, X] with A = sum_l H_l * W_l * K.
+
+    Each level is copied once, straight into its slice of the output (no per-level reshaped copy before a
+    concatenation): with LVIS's 1203 classes RetinaNet's [B, A, C] logits are ~1 GB per image at 1333x800.
+    """
+    batch = maps[0].shape[0]
+    sizes = [x.shape[1] * x.shape[2] * x.shape[3] // channels_per_anchor for x in maps]   # H_l W_l K per level
+    flat = maps[0].new_empty(batch, sum(sizes), channels_per_anchor)                      # [B, A, X]
+    start = 0
+    for x, size in zip(maps, sizes):
+        _, channels, height, width = x.shape
+        flat[:, start:start + size].view(batch, height, width, channels).copy_(x.permute(0, 2, 3, 1))
+        start += size
+    return flat
 
 
 class DenseHead(nn.Module):

@@ -6,9 +6,9 @@ counts every val image once when the val set does not divide by the number of ra
 BatchNorm statistics are frozen (norm_eval): with trained statistics each rank would normalise with its own
 batch's (SyncBatchNorm, GPUs only, makes them the whole batch's).
 
-GFL starts here from a classification prior of 0.1, not 0.01: its box and DFL losses are divided by the sum of the
-positives' scores averaged over ranks and then clamped at 1 (mmdetection's avg_factor), and at a 0.01 prior that
-sum is below 1 for the first steps, where the clamp makes 2 x b differ from 1 x 2b (by the factor 2 of the mean).
+Every head starts from its reference 0.01 classification prior: GFL's first steps, where the sum of the positives'
+scores is below 1, are where a rank mean clamped at 1 (mmdetection's avg_factor) would make 2 x b train at half the
+box loss of 1 x 2b; criterion.box_normaliser clamps at 1 / world size instead.
 """
 import pytest
 import torch
@@ -29,7 +29,6 @@ from detector.train_state import TrainState
 HEADS = ("retinanet", "atss", "gfl")
 NUM_CLASSES = 3
 WORLD_SIZE = 2
-PRIOR = {"retinanet": 0.01, "atss": 0.01, "gfl": 0.1}   # model.head.prior_prob (see above)
 SIZE = (64, 96)   # (h, w) of every image: no padding differs between 1 and 2 processes
 BOX_A = [[8.0, 10.0, 50.0, 60.0], [40.0, 20.0, 90.0, 62.0]]
 BOX_B = [[30.0, 30.0, 64.0, 60.0]]
@@ -53,11 +52,11 @@ def shard(images, targets, rank, world_size):
     return images[part], {key: value[part] for key, value in targets.items()}
 
 
-def engine_steps(head, rank, world_size, steps, accumulate=1):
+def engine_steps(head, rank, world_size, steps, accumulate=1, *overrides):
     """Train a tiny detector with detector.engine.train_steps (SGD) on this rank's share of `steps`, each step's
     images split into `accumulate` batches: [{'losses': averaged over ranks, 'gradients': {name: tensor}}]."""
     cfg = tiny_config(head, "model.backbone.norm_eval=true", f"train.accumulate={accumulate}", "train.epochs=1",
-                      "train.log_interval=1000", "optim.warmup_iters=0", f"model.head.prior_prob={PRIOR[head]}")
+                      "train.log_interval=1000", "optim.warmup_iters=0", *overrides)
     torch.manual_seed(0)
     model = build_model(cfg.model, NUM_CLASSES)
     trained = DistributedDataParallel(model, broadcast_buffers=False) if world_size > 1 else model
@@ -144,10 +143,12 @@ def test_two_ranks_of_b_images_equal_one_process_of_2b(two_processes, head):
 def test_gradient_accumulation_of_two_batches_equals_the_batch_of_both():
     """Two batches of 2 accumulated in one step (loss / 2 each, one optimizer step) give the step of the batch of 4
     when the halves have equal normalisers: each step's 4 images here are 2 images, twice. (Halves with other
-    positive counts differ by their normalisers, as in mmdetection's GradientCumulativeOptimizerHook.)"""
+    positive counts differ by their normalisers, as in mmdetection's GradientCumulativeOptimizerHook; so do halves
+    whose GFL score sums are clamped at 1, hence a 0.1 prior here, where the sums are above 1.)"""
     twins = [(torch.cat([images[:2], images[:2]]), {k: torch.cat([v[:2], v[:2]]) for k, v in targets.items()})
              for images, targets in batches()]
-    assert_same_steps(engine_steps("gfl", 0, 1, twins, accumulate=2), engine_steps("gfl", 0, 1, twins))
+    prior = "model.head.prior_prob=0.1"
+    assert_same_steps(engine_steps("gfl", 0, 1, twins, 2, prior), engine_steps("gfl", 0, 1, twins, 1, prior))
 
 
 def test_sharded_evaluation_counts_every_val_image_once(two_processes):

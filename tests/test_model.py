@@ -258,3 +258,22 @@ def test_norm_eval_freezes_statistics_but_trains_the_affine_terms():
     trained(torch.randn(2, 3, 64, 64))
     assert not torch.equal(trained.stages[1][0].bn1.running_mean, before)
     assert not trained.stem[1].training                              # a frozen stage's BN stays in eval mode
+
+
+def test_flatten_levels_orders_anchors_level_by_level_and_passes_gradients():
+    """Per level [B, K * X, H, W] -> rows (y, x, k), levels concatenated: a reference built by hand."""
+    from detector.heads import flatten_levels
+    torch.manual_seed(0)
+    maps = [torch.randn(2, 3 * 2, 4, 5, requires_grad=True), torch.randn(2, 3 * 2, 2, 3, requires_grad=True)]
+    flat = flatten_levels(maps, 2)                                    # K = 3 anchors, X = 2 values each
+    assert flat.shape == (2, 4 * 5 * 3 + 2 * 3 * 3, 2)
+    rows = []
+    for level in maps:
+        for y in range(level.shape[2]):
+            for x in range(level.shape[3]):
+                for k in range(3):
+                    rows.append(level[:, 2 * k:2 * k + 2, y, x])      # [B, X]
+    torch.testing.assert_close(flat, torch.stack(rows, dim=1), rtol=0, atol=0)
+    weights = torch.randn_like(flat)
+    (flat * weights).sum().backward()
+    torch.testing.assert_close(maps[1].grad[1, 2:4, 1, 2], weights[1, 4 * 5 * 3 + (1 * 3 + 2) * 3 + 1])
