@@ -121,10 +121,7 @@ class DenseCriterion(nn.Module):
         super().__init__()
         self.family = family
         self.num_classes = num_classes
-        if model_cfg.assigner.type not in ASSIGNERS:
-            raise ConfigError(f"model.assigner.type must be one of {sorted(ASSIGNERS)}, "
-                              f"got {model_cfg.assigner.type!r}")
-        self.assigner = model_cfg.assigner
+        self.assigner = model_cfg.assigner   # its type is a key of ASSIGNERS (detector.check_model_config)
         self.anchor_offset = model_cfg.anchors.offset
         self.anchors_per_location = len(model_cfg.anchors.ratios) * model_cfg.anchors.scales_per_octave
         self.loss_cls, self.loss_box = model_cfg.loss_cls, model_cfg.loss_box
