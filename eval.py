@@ -86,7 +86,7 @@ def main():
         if args.pr_curves and isinstance(dataset, LvisDetection):
             raise DatasetError(f"{dataset.ann_file}: --pr-curves draws COCOeval's curves, which LVIS's federated "
                                "annotations (negative and not-exhaustive category lists) would misread")
-        cat_ids, evaluator = dataset.cat_ids, build_evaluator(dataset)
+        cat_ids, evaluator = dataset.cat_ids, build_evaluator(dataset, cfg.eval.backend)
         if checkpoint.get("classes") is not None:
             check_categories(dataset, checkpoint["classes"]["cat_ids"], checkpoint["classes"]["class_names"],
                              f"checkpoint {args.checkpoint}")

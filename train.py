@@ -232,7 +232,8 @@ def main():
                 evaluated = state.evaluated_model()
                 dist.broadcast_buffers(evaluated)  # every rank evaluates rank 0's BN statistics, the checkpoint's
                 metrics, detections = evaluate(evaluated, postprocessor, val_loader, val_set.cat_ids,
-                                               build_evaluator(val_set), device, precision, cfg.train.channels_last)
+                                               build_evaluator(val_set, cfg.eval.backend), device, precision,
+                                               cfg.train.channels_last)
                 if main_process:
                     history.append({"epoch": epoch + 1, "iteration": state.iteration, **metrics})
                     logger.info(f"epoch {epoch + 1}: bbox AP {metrics['AP']:.4f} AP50 {metrics['AP50']:.4f}")

@@ -61,14 +61,16 @@ def dataset_paths(data_cfg):
     return choose(DATASETS, data_cfg.dataset, "data.dataset")[0](data_cfg)
 
 
-def build_evaluator(dataset):
+def build_evaluator(dataset, backend="pycocotools"):
     """Callable (COCO-format results, log) -> metrics dict for `dataset`, chosen by its type: LVISEval (AP, APr,
-    APc, APf, per frequency group) for an LvisDetection, whose LVIS keys are checked now; COCOeval otherwise. The
-    ground-truth index is built on the first call (rank 0 evaluates; the other ranks never hold it)."""
+    APc, APf, per frequency group) for an LvisDetection, whose LVIS keys are checked now; COCOeval otherwise, by
+    pycocotools or faster-coco-eval (eval.backend). The ground-truth index is built on the first call (rank 0
+    evaluates; the other ranks never hold it)."""
     if isinstance(dataset, LvisDetection):
         dataset.check_lvis_format()
         return lambda results, log: lvis_evaluate(dataset.lvis, results, class_names=dataset.class_names, log=log)
-    return lambda results, log: coco_evaluate(dataset.coco, results, class_names=dataset.class_names, log=log)
+    return lambda results, log: coco_evaluate(dataset.coco, results, class_names=dataset.class_names, log=log,
+                                              backend=backend)
 
 
 def build_dataset(data_cfg, train):

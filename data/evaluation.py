@@ -68,7 +68,21 @@ def _fill_optional_keys(coco_gt):
             annotation["area"] = annotation["bbox"][2] * annotation["bbox"][3]
 
 
-def coco_evaluate(coco_gt, detections, class_names=None, log=print):
+def _cocoeval(backend):
+    """(COCO index class, COCOeval class) of eval.backend: pycocotools (the reference) or faster-coco-eval (its
+    C++ evaluate and accumulate; the same 12 numbers and precision array, tests/test_evaluation_backends.py)."""
+    if backend == "pycocotools":
+        from pycocotools.coco import COCO
+        return COCO, COCOeval
+    try:
+        from faster_coco_eval import COCO, COCOeval_faster
+    except ImportError:
+        raise ImportError("eval.backend=faster needs faster-coco-eval: pip install faster-coco-eval "
+                          "(or eval.backend=pycocotools)") from None
+    return COCO, COCOeval_faster
+
+
+def coco_evaluate(coco_gt, detections, class_names=None, log=print, backend="pycocotools"):
     """Run COCOeval (bbox) over all ground-truth images and return the 12 standard numbers.
 
     Args:
@@ -77,6 +91,7 @@ def coco_evaluate(coco_gt, detections, class_names=None, log=print):
         class_names: optional names in sorted-category-id order (CocoDetection.class_names);
             by default the names in coco_gt.
         log: callable taking one string; the pycocotools summary and the per-class table go here.
+        backend: eval.backend, 'pycocotools' or 'faster' (faster-coco-eval), see _cocoeval.
     Returns:
         dict of floats in 0..1: 'AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10',
         'AR100', 'ARs', 'ARm', 'ARl' (a metric whose area range has no ground truth is -1, as
@@ -95,10 +110,13 @@ def coco_evaluate(coco_gt, detections, class_names=None, log=print):
     _check_detections(coco_gt.getImgIds(), coco_gt.getCatIds(), detections)
     _fill_optional_keys(coco_gt)
     detections = [dict(detection) for detection in detections]  # loadRes adds keys in place
+    index_class, evaluator_class = _cocoeval(backend)
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
-        coco_dt = coco_gt.loadRes(detections)
-        evaluator = COCOeval(coco_gt, coco_dt, "bbox")
+        ground_truth = coco_gt if backend == "pycocotools" else index_class(coco_gt.dataset)
+        coco_dt = ground_truth.loadRes(detections)
+        printing = {} if backend == "pycocotools" else {"print_function": print}   # its summary to stdout too
+        evaluator = evaluator_class(ground_truth, coco_dt, "bbox", **printing)
         evaluator.params.imgIds = sorted(coco_gt.getImgIds())
         evaluator.evaluate()
         evaluator.accumulate()

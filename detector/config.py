@@ -197,6 +197,12 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    # COCO metrics: pycocotools' COCOeval (the reference) or faster-coco-eval (same numbers, C++ evaluate/accumulate)
+    backend: Literal["pycocotools", "faster"] = "pycocotools"
+
+
+@dataclass
 class Config:
     name: str = "default"
     work_dir: typing.Optional[str] = None  # default work_dirs/<name>
@@ -204,6 +210,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # ---------------------------------------------------------------------------------------------
