@@ -148,7 +148,7 @@ def run_attempt(command, work_dir, interrupts):
     try:
         returncode = interrupts.process.wait()
     finally:
-        attempts[-1]["seconds"] = round(time.time() - started, 1)
+        attempts[-1]["seconds"] = round(time.time() - started, 3)
         attempts[-1]["returncode"] = interrupts.process.returncode
         write_times(work_dir, attempts)
         interrupts.process = None

@@ -132,7 +132,7 @@ def test_a_resume_that_changes_the_trajectory_needs_the_override(tmp_path):
     cases = [(cfg, 1, "processes (world size): 2 -> 1"),
              (load_config("shapes_gfl_r18.yaml", ["data.batch_size=4"]), 2, "data.batch_size: 2 -> 4"),
              (load_config("shapes_gfl_r18.yaml", ["data.batch_size=2", "optim.milestones=[2]"]), 2,
-              "optim.milestones: [3] -> [2]"),
+              "optim.milestones: [4] -> [2]"),
              (load_config("shapes_gfl_r18.yaml", ["data.batch_size=2", "train.accumulate=2"]), 2,
               "train.accumulate: 1 -> 2")]
     for new_cfg, world_size, named in cases:
