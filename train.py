@@ -37,7 +37,7 @@ from detector.checkpoint import CheckpointDirectory
 from detector.config import config_to_dict, dump_config, load_config
 from detector.cpu import describe_cpu, keep_freed_memory
 from detector.ema import ModelEMA
-from detector.engine import build_optimizer, evaluate, train_steps
+from detector.engine import build_optimizer, compiled, evaluate, train_steps
 from detector.errors import run_cli
 from detector.interrupt import StopOnSignal
 from detector.nonfinite import NonFiniteGuard
@@ -171,6 +171,9 @@ def main():
     if world_size > 1:
         model = DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None,
                                         broadcast_buffers=trains_statistics and not cfg.train.sync_bn)
+    model = compiled(model, cfg.train)  # train.compile: torch.compile for training (off by default)
+    if cfg.train.compile:
+        logger.info(f"model compiled with torch.compile (backend {cfg.train.compile_backend}) for training")
 
     # Linear scaling rule: optim.lr is the rate at base_batch_size images per optimizer step.
     total_batch = cfg.data.batch_size * world_size * cfg.train.accumulate

@@ -177,6 +177,11 @@ class TrainConfig:
     # GPUs, fp32 otherwise. YAML true / false (and `off`, which YAML reads as false) mean auto / off.
     amp: typing.Union[Literal["auto", "bf16", "fp16", "off"], bool] = "auto"
     channels_last: bool = False          # NHWC tensors: faster convolutions on CPUs (oneDNN) and with AMP on GPUs
+    # torch.compile the model (backbone, FPN, head; the criterion and post-processing stay eager) for training:
+    # inductor generates fused kernels (GPUs; a C++ compiler on CPUs), aot_eager only traces (checks that the model
+    # compiles, no speed-up). Each new padded input shape recompiles until torch marks the sizes dynamic.
+    compile: bool = False
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
     max_iters: typing.Optional[int] = None  # stop early after this many iterations (tests, smoke runs)
     # Resumable checkpoints (weights, optimizer, EMA, RNG of every rank, sampler position): iter_N.pth every N
     # optimizer steps and at every epoch end, last.pth pointing at the newest; the newest keep_checkpoints iter_N.pth

@@ -53,6 +53,17 @@ def learning_rate(iteration, base_lr, optim_cfg, iters_per_epoch, epochs):
     return lr
 
 
+def compiled(model, train_cfg):
+    """The module train.py calls, torch.compile'd when train.compile (backend train.compile_backend); else `model`.
+
+    Compiling the DDP-wrapped module lets DDP's optimizer split the graph at its gradient buckets. The weights stay
+    those of `model` (checkpoints and evaluation use the bare module).
+    """
+    if not train_cfg.compile:
+        return model
+    return torch.compile(model, backend=train_cfg.compile_backend)
+
+
 def images_to(images, device, channels_last):
     """Batch [B, 3, H, W] on `device`, in the memory format the model was put in (train.channels_last)."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
