@@ -4,10 +4,10 @@ aot_eager traces forward and backward through dynamo and AOTAutograd (what induc
 code, so the test checks that the model compiles, and that the compiled step is the same step, in seconds.
 """
 import torch
+from tiny_detector import INPUT_SHAPE, padded_targets, tiny_config
 
 from detector import build_criterion, build_model
 from detector.engine import compiled
-from tiny_detector import INPUT_SHAPE, padded_targets, tiny_config
 
 
 def _loss_and_grads(module, model, criterion, images, targets):
