@@ -49,7 +49,8 @@ def build_model(model_cfg, num_classes):
     family = build_family(model_cfg)
     backbone_cfg, head_cfg, anchor_cfg = model_cfg.backbone, model_cfg.head, model_cfg.anchors
     backbone = ResNetBackbone(backbone_cfg.depth, backbone_cfg.frozen_stages, backbone_cfg.norm,
-                              backbone_cfg.norm_eval, backbone_cfg.pretrained, backbone_cfg.zero_init_residual)
+                              backbone_cfg.norm_eval, backbone_cfg.pretrained, backbone_cfg.zero_init_residual,
+                              backbone_cfg.fold_norm)
     fpn = FPN(backbone.out_channels, model_cfg.fpn.out_channels, model_cfg.fpn.extra_from)
     anchor_generator = AnchorGenerator(anchor_cfg.strides, anchor_cfg.octave_base_scale, anchor_cfg.scales_per_octave,
                                        anchor_cfg.ratios, anchor_cfg.offset)

@@ -73,13 +73,15 @@ class ResNetBackbone(nn.Module):
         stay in eval mode.
     norm_eval: every BatchNorm layer stays in eval mode (running statistics frozen, mmdetection's reference).
     zero_init_residual: start every residual block as the identity (training from scratch).
+    fold_norm: run each conv + running-statistics norm as one convolution (conv_norm); the same numbers, faster.
     """
 
     def __init__(self, depth=50, frozen_stages=1, norm="bn", norm_eval=True, pretrained="torchvision",
-                 zero_init_residual=False):
+                 zero_init_residual=False, fold_norm=True):
         super().__init__()
         build, _, self.out_channels = RESNETS[depth]
         self.norm_eval = norm_eval
+        self.fold_norm = fold_norm
         # zero_init_residual: each block's last BN starts at gamma 0, so every block starts as the identity
         # (Goyal et al. 2017); only a random start sees it, pretrained weights overwrite it.
         body = build(weights=None, norm_layer=NORMS[norm], zero_init_residual=zero_init_residual)
@@ -101,12 +103,47 @@ class ResNetBackbone(nn.Module):
         return self
 
     def forward(self, images):
-        x = self.stem(images)
+        if not self.fold_norm:
+            x = self.stem(images)
+        else:
+            conv, norm, relu, maxpool = self.stem
+            x = maxpool(relu(conv_norm(images, conv, norm)))
         features = []
         for stage in self.stages:
-            x = stage(x)
+            for block in stage:
+                x = block_forward(block, x) if self.fold_norm else block(x)
             features.append(x)
         return features[1:]  # C3 [B, c3, H/8, W/8], C4 [.., H/16, ..], C5 [.., H/32, ..]
+
+
+def conv_norm(x, conv, norm):
+    """norm(conv(x)), as one convolution where `norm` uses running statistics (eval-mode BatchNorm, FrozenBatchNorm2d).
+
+    Such a norm is the affine map y = s * z + (beta - s * mean), s = gamma / sqrt(var + eps), per output channel, so
+    conv followed by it is conv with weight s * W and bias beta - s * mean: one pass over the activation instead of
+    three (forward) and no norm backward; gamma, beta and W get the same gradients through the folded weight.
+    A BatchNorm in training mode (statistics of the batch) runs as it is.
+    """
+    if isinstance(norm, nn.modules.batchnorm._BatchNorm) and (norm.training or norm.running_var is None):
+        return norm(conv(x))
+    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+    bias = norm.bias - norm.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    return F.conv2d(x, conv.weight * scale.reshape(-1, 1, 1, 1), bias, conv.stride, conv.padding, conv.dilation,
+                    conv.groups)
+
+
+def block_forward(block, x):
+    """torchvision's BasicBlock / Bottleneck forward, each conv + norm through conv_norm."""
+    identity = x if block.downsample is None else conv_norm(x, block.downsample[0], block.downsample[1])
+    out = block.relu(conv_norm(x, block.conv1, block.bn1))
+    if isinstance(block, resnet.Bottleneck):
+        out = block.relu(conv_norm(out, block.conv2, block.bn2))
+        out = conv_norm(out, block.conv3, block.bn3)
+    else:
+        out = conv_norm(out, block.conv2, block.bn2)
+    return block.relu(out + identity)
 
 
 class FPN(nn.Module):

@@ -49,6 +49,7 @@ class BackboneConfig:
     norm_eval: bool = True               # BN statistics frozen (reference, pretrained); false: trained (from scratch)
     pretrained: typing.Optional[str] = "torchvision"  # 'torchvision' ImageNet weights | a local .pth path | null
     zero_init_residual: bool = False     # from scratch: each block's last BN gamma starts at 0 (block = identity)
+    fold_norm: bool = True               # speed only: conv + running-statistics BN run as one conv (same numbers)
 
 
 @dataclass

@@ -51,6 +51,7 @@ from torchvision_models import build_torchvision_detector, to_torchvision_inputs
 from detector import build_criterion, build_model, build_postprocessor  # noqa: E402
 from detector.config import load_config  # noqa: E402
 from detector.cpu import cpu_capability, cpu_model, keep_freed_memory, matmul_gflops  # noqa: E402
+from detector.engine import compiled  # noqa: E402
 from detector.precision import choose_precision  # noqa: E402
 
 
@@ -209,9 +210,11 @@ def main():
         return versus_torchvision(args, cfg, device, precision, model, criterion, postprocessor, optimizer, scaler,
                                   images, targets)
 
+    forward = compiled(model, cfg.train)  # train.compile: the first --warmup steps include the compilation
+
     def train_step():
         with precision.autocast(device):
-            outputs = model(images)
+            outputs = forward(images)
         losses = criterion(outputs, targets)
         loss = sum(value for key, value in losses.items() if key.startswith("loss_"))
         optimizer.zero_grad(set_to_none=True)
@@ -222,7 +225,7 @@ def main():
     @torch.no_grad()
     def inference_step():
         with precision.autocast(device):
-            outputs = model(images)
+            outputs = forward(images)
         postprocessor(outputs, targets["image_sizes"], targets["scale_factors"])
 
     forward_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision.name, torch.float32)
@@ -264,12 +267,17 @@ def main():
               f"{precision.name:>9} {capability:>12} {probe:>13.0f}  {machine}{note}")
 
 
-def our_steps(model, criterion, postprocessor, optimizer, scaler, precision, device, images, targets):
-    """(train step, inference step with post-processing, criterion forward + backward) of our detector."""
+def our_steps(model, criterion, postprocessor, optimizer, scaler, precision, device, images, targets, forward=None):
+    """(train step, inference step with post-processing, criterion forward + backward) of our detector.
+
+    forward: what runs the model (train.compile's compiled module; default `model` itself).
+    """
+    forward = forward or model
+
     def train():
         model.train()
         with precision.autocast(device):
-            outputs = model(images)
+            outputs = forward(images)
         losses = criterion(outputs, targets)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(sum(v for k, v in losses.items() if k.startswith("loss_"))).backward()
@@ -280,7 +288,7 @@ def our_steps(model, criterion, postprocessor, optimizer, scaler, precision, dev
     def inference():
         model.eval()
         with precision.autocast(device):
-            outputs = model(images)
+            outputs = forward(images)
         postprocessor(outputs, targets["image_sizes"], targets["scale_factors"])
 
     with torch.no_grad(), precision.autocast(device):
@@ -338,7 +346,8 @@ def peak_in_subprocess(which):
 
 def versus_torchvision(args, cfg, device, precision, model, criterion, postprocessor, optimizer, scaler, images,
                        targets):
-    ours = our_steps(model, criterion, postprocessor, optimizer, scaler, precision, device, images, targets)
+    ours = our_steps(model, criterion, postprocessor, optimizer, scaler, precision, device, images, targets,
+                     compiled(model, cfg.train))
     name, *theirs = torchvision_steps(cfg, args.num_classes, precision, device, images, targets)
     if args.memory_of:  # the subprocess: two training steps of one model, then its peak
         reset_peak_memory(device)
