@@ -98,4 +98,4 @@ def test_folded_eval_mode_matches_torchvision_in_channels_last():
     with torch.no_grad():
         for got, want in zip(backbone(images), reference_forward(backbone, images)):
             # fp32, different summation order: compare against the feature map's scale (a wrong fold is O(1) off)
-            assert (got - want).abs().max() <= 1e-5 * want.abs().max(), (got - want).abs().max() / want.abs().max()
+            assert (got - want).abs().max() <= 5e-5 * want.abs().max(), (got - want).abs().max() / want.abs().max()
