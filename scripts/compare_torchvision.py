@@ -11,8 +11,9 @@ build them with weights=None (random init, trainable BatchNorm, every layer trai
 depth; their own transform is told not to resize or normalise again (our loader did both), so the
 input tensors are identical. torchvision is the yardstick here only; nothing else imports it.
 
-Our models are the reference configs (gfl_r50.yaml, atss_r50.yaml, retinanet_r50.yaml) with the
-backbone overridden to train from scratch (depth, frozen_stages=-1, norm=bn, pretrained=null);
+Our models are the reference configs (atss_r50.yaml, retinanet_r50.yaml) with the backbone overridden to
+train from scratch (depth, frozen_stages=-1, norm=bn, pretrained=null), and for GFL gfl_r18_scratch.yaml
+(the same plus a gradient clip at 35: see its comment; `--ours-config gfl=gfl_r50.yaml` runs the reference one);
 `--ours-config gfl=configs/x.yaml` swaps one config and `--set KEY=VALUE` adds overrides to all of ours.
 Output in --out: results.md (final table, per-class AP, AP at each eval iteration), results.json,
 curves.png (AP against iterations; needs matplotlib) and one log per model.
@@ -42,7 +43,7 @@ from detector.config import load_config  # noqa: E402
 from detector.cpu import describe_cpu, keep_freed_memory  # noqa: E402
 from detector.engine import to_coco_results  # noqa: E402
 
-OURS = {"gfl": "gfl_r50.yaml", "atss": "atss_r50.yaml", "retinanet": "retinanet_r50.yaml"}
+OURS = {"gfl": "gfl_r18_scratch.yaml", "atss": "atss_r50.yaml", "retinanet": "retinanet_r50.yaml"}
 TORCHVISION = ("tv_fcos", "tv_retinanet")
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -76,6 +77,8 @@ def parse_args(argv=None):
                         help="use this config for one of our heads instead of the reference one")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for all our models (after the from-scratch backbone ones)")
+    parser.add_argument("--torchvision-grad-clip", type=float, default=None,
+                        help="clip torchvision's gradients too (L2 norm of all; default: no clip, as its recipe)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -151,8 +154,9 @@ class Torchvision:
     def __init__(self, name, args, num_classes):
         self.model = build_torchvision_detector(name.removeprefix("tv_"), args.depth, args.feat_channels,
                                                 num_classes, args.short_side, args.max_size, args.score_thr)
-        self.description = f"torchvision {type(self.model).__name__} R{args.depth}-FPN, weights=None"
-        self.criterion, self.grad_clip = None, None
+        self.description = f"torchvision {type(self.model).__name__} R{args.depth}-FPN, weights=None" + (
+            f", gradients clipped at {args.torchvision_grad_clip}" if args.torchvision_grad_clip else "")
+        self.criterion, self.grad_clip = None, args.torchvision_grad_clip
 
     def losses(self, images, targets):
         return self.model(*to_torchvision_inputs(images, targets))
