@@ -2,7 +2,10 @@
 norm of each branch (before any clipping) and the classification logits' range: where a loss spike comes from.
 
     .venv/bin/python scripts/gradient_norms.py --model gfl --data ../shared/datasets/raccoon --iters 150 \
-        --short-side 320 --max-size 427 --threads 1 --seed 1
+        --short-side 320 --max-size 427 --threads 1 --seed 1 --ours-config gfl=gfl_r50.yaml
+
+(`--ours-config gfl=gfl_r50.yaml`: the reference GFL without gfl_r18_scratch.yaml's clip, whose spikes at
+iterations 119, 127 and 137 of seed 1 this command shows: README, "From scratch on real photographs".)
 
 Same data order, flips, initialisation and SGD schedule as compare_torchvision.py with the same arguments (one
 thread gives the same losses to the printed digit), including the model's config (`--ours-config`, `--set`);
