@@ -12,7 +12,7 @@ Assignment contract: matched[B, A] int64, >= 0 GT index into M, -1 background, -
 """
 from .anchors import AnchorGenerator
 from .backbone import EXTRA_FROM, FPN, NORMS, RESNETS, ResNetBackbone
-from .config import choose
+from .config import ConfigError, choose
 from .criterion import ASSIGNERS, CenternessCriterion, QualityCriterion, RetinaNetCriterion
 from .detector import Detector
 from .families import ATSSFamily, GFLFamily, RetinaNetFamily
@@ -35,6 +35,9 @@ def check_model_config(model_cfg):
     choose(HEAD_TYPES, model_cfg.head.type, "model.head.type")
     choose(HEAD_NORMS, model_cfg.head.norm, "model.head.norm")
     choose(ASSIGNERS, model_cfg.assigner.type, "model.assigner.type")
+    if model_cfg.normaliser == "image" and model_cfg.head.type != "retinanet":
+        raise ConfigError(f"model.normaliser: 'image' is RetinaNet's (torchvision's) normaliser; the "
+                          f"{model_cfg.head.type} head normalises as mmdetection ('batch')")
 
 
 def build_family(model_cfg):

@@ -117,6 +117,10 @@ class ModelConfig:
     loss_dfl: LossConfig = field(default_factory=lambda: LossConfig("distribution_focal", 0.25))
     loss_centerness: LossConfig = field(default_factory=lambda: LossConfig("bce", 1.0))
     test: TestConfig = field(default_factory=TestConfig)
+    # RetinaNet's loss normaliser: "batch" (mmdetection: both losses / the batch's positives, sum over images of
+    # max(positives, 1)) or "image" (torchvision's RetinaNet: each image's losses / its own max(positives, 1),
+    # averaged over the images).
+    normaliser: Literal["batch", "image"] = "batch"
 
 
 @dataclass

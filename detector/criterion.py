@@ -154,7 +154,8 @@ class DenseCriterion(nn.Module):
             logits: [B, A, C] class logits.
             labels: [B, A] long, the GT class of positive anchors, -1 for the others.
             scores: [B, A] soft target at the label (GFL's IoU), or None for one-hot targets.
-            valid: [B, A] bool, False for ignored anchors (and anchors outside an image's padded area).
+            valid: [B, A] bool, False for ignored anchors (and anchors outside an image's padded area), or float
+                per-anchor weights (0 for those; RetinaNet's per-image normaliser).
             num_pos: the normaliser (num_positives).
         Targets stay an index: no [B, A, C] target is built and no masked copy of the logits is made (with LVIS's
         1203 classes each would be as large as the logits); ignored rows are computed and weighted by 0.
@@ -232,16 +233,33 @@ class DenseCriterion(nn.Module):
 
 
 class RetinaNetCriterion(DenseCriterion):
-    """Focal loss over non-ignored anchors + box loss over positives, both / num_pos (mmdetection RetinaNet)."""
+    """Focal loss over non-ignored anchors + box loss over positives, both / num_pos (mmdetection RetinaNet).
+
+    model.normaliser 'image' (torchvision's RetinaNet) divides each image's two losses by its own max(positives, 1)
+    and averages over the images (under DDP the gradient mean over ranks makes it the mean over all images).
+    """
+
+    def __init__(self, model_cfg, family, num_classes):
+        super().__init__(model_cfg, family, num_classes)
+        self.per_image = model_cfg.normaliser == "image"
 
     def forward(self, outputs, targets):
         pos = self.positives(outputs, targets)
-        num_pos = self.num_positives(pos["positive"])
+        positive, valid = pos["positive"], pos["valid"]                            # [B, A]
+        num_pos = self.num_positives(positive)
+        normaliser, cls_weights, box_weights = num_pos, valid, 1.0
+        if self.per_image:
+            batch = positive.shape[0]
+            image_weight = 1.0 / (positive.sum(dim=1).clamp(min=1) * batch).to(pos["anchors"].dtype)  # [B]
+            cls_weights = valid * image_weight[:, None]                            # [B, A]
+            box_weights = image_weight[:, None].expand_as(positive)[positive]      # [P]
+            normaliser = torch.ones((), device=num_pos.device)
         pred_boxes = self.family.decode(pos["anchors"], pos["strides"], pos["codes"])
         target_codes = self.family.encode(pos["anchors"], pos["strides"], pos["gt_boxes"])
-        loss_box = self.weighted_box_loss(pred_boxes, pos["gt_boxes"], pos["codes"], target_codes, 1.0, num_pos)
-        return {"loss_cls": self.classification_loss(outputs.cls_logits, pos["labels"], None, pos["valid"], num_pos),
-                "loss_box": loss_box, "num_pos": num_pos}
+        loss_box = self.weighted_box_loss(pred_boxes, pos["gt_boxes"], pos["codes"], target_codes, box_weights,
+                                          normaliser)
+        loss_cls = self.classification_loss(outputs.cls_logits, pos["labels"], None, cls_weights, normaliser)
+        return {"loss_cls": loss_cls, "loss_box": loss_box, "num_pos": num_pos}
 
 
 class CenternessCriterion(DenseCriterion):

@@ -260,6 +260,50 @@ def test_retinanet_ignored_and_crowd_anchors_do_not_touch_loss_cls():
     assert criterion(retina_outputs(logits, deltas), targets)["num_pos"].item() == 2.0
 
 
+def retinanet_losses_per_image(outputs, targets, matched):
+    """torchvision RetinaNet's normalisation, written as its per-image loop: each image's focal loss over its
+    non-ignored anchors and L1 on the (x, y, log w, log h) deltas of its positives, / max(its positives, 1);
+    the mean of the images."""
+    cls_total, box_total = 0.0, 0.0
+    logits, deltas = outputs.cls_logits.detach(), outputs.box_regression.detach()
+    for image in range(len(matched)):
+        kept = matched[image] != -2
+        one_hot = torch.zeros_like(logits[image])
+        positive = torch.nonzero(matched[image] >= 0)[:, 0]
+        gt_index = matched[image, positive]
+        one_hot[positive, targets["labels"][image, gt_index]] = 1.0
+        count = max(len(positive), 1)
+        cls_total += focal_by_hand(logits[image][kept], one_hot[kept]).sum().item() / count
+        anchors, gt = outputs.anchors[positive], targets["boxes"][image, gt_index]
+        aw, ah = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+        gw, gh = gt[:, 2] - gt[:, 0], gt[:, 3] - gt[:, 1]
+        target = torch.stack([((gt[:, 0] + gt[:, 2]) - (anchors[:, 0] + anchors[:, 2])) / 2 / aw,
+                              ((gt[:, 1] + gt[:, 3]) - (anchors[:, 1] + anchors[:, 3])) / 2 / ah,
+                              torch.log(gw / aw), torch.log(gh / ah)], dim=1)
+        box_total += (deltas[image, positive] - target).abs().sum().item() / count
+    return cls_total / len(matched), box_total / len(matched)
+
+
+@pytest.mark.parametrize("boxes_per_image, labels_per_image", [
+    (TWO_IMAGES["boxes_per_image"], TWO_IMAGES["labels_per_image"]),          # image 1 without GT
+    ([[[10.0, 20.0, 60.0, 90.0], [40.0, 50.0, 90.0, 120.0]], [[5.0, 5.0, 30.0, 40.0]]], [[1, 3], [2]])])
+def test_retinanet_per_image_normaliser_against_a_per_image_loop(boxes_per_image, labels_per_image):
+    cfg = tiny_config("retinanet", "model.normaliser=image")
+    outputs, targets = leaf_outputs("retinanet"), padded_targets(boxes_per_image, labels_per_image)
+    losses = build_criterion(cfg.model, NUM_CLASSES)(outputs, targets)
+    matched = assigner_positives(cfg, outputs, targets)
+    counts = (matched >= 0).sum(dim=1).tolist()
+    assert counts[0] > 0 and counts[0] != max(counts[1], 1)    # unequal images: the two normalisers differ
+    expected_cls, expected_box = retinanet_losses_per_image(outputs, targets, matched)
+    assert losses["loss_cls"].item() == pytest.approx(expected_cls, rel=1e-5)
+    assert losses["loss_box"].item() == pytest.approx(expected_box, rel=1e-5)
+    batch = build_criterion(tiny_config("retinanet").model, NUM_CLASSES)(outputs, targets)
+    differences = [abs(batch["loss_cls"].item() / expected_cls - 1), abs(batch["loss_box"].item() / expected_box - 1)]
+    assert max(differences) > 1e-3                                    # mmdetection's normaliser gives other values
+    with pytest.raises(ValueError, match="model.normaliser: 'image' is RetinaNet's"):
+        build_criterion(tiny_config("gfl", "model.normaliser=image").model, NUM_CLASSES)
+
+
 BOX_LOSSES = ["iou", "giou", "diou", "ciou", "eiou", "focal_eiou", "l1", "smooth_l1", "focal_l1"]
 
 
