@@ -37,7 +37,7 @@ def check_model_config(model_cfg):
     choose(ASSIGNERS, model_cfg.assigner.type, "model.assigner.type")
     if model_cfg.normaliser == "image" and model_cfg.head.type != "retinanet":
         raise ConfigError(f"model.normaliser: 'image' is RetinaNet's (torchvision's) normaliser; the "
-                          f"{model_cfg.head.type} head normalises as mmdetection ('batch')")
+                          f"{model_cfg.head.type} head normalises as mmdetection: use model.normaliser=batch")
 
 
 def build_family(model_cfg):

@@ -148,7 +148,8 @@ class DenseCriterion(nn.Module):
                                              self.anchors_per_location)
 
     def classification_loss(self, logits, labels, scores, valid, num_pos):
-        """Sum of the elementwise loss over non-ignored anchors / num_pos, times the config weight.
+        """Sum of the elementwise loss over non-ignored anchors (times their weights) / num_pos, times the config
+        weight.
 
         Args:
             logits: [B, A, C] class logits.
@@ -156,7 +157,7 @@ class DenseCriterion(nn.Module):
             scores: [B, A] soft target at the label (GFL's IoU), or None for one-hot targets.
             valid: [B, A] bool, False for ignored anchors (and anchors outside an image's padded area), or float
                 per-anchor weights (0 for those; RetinaNet's per-image normaliser).
-            num_pos: the normaliser (num_positives).
+            num_pos: the normaliser (num_positives; 1 with RetinaNet's per-image weights).
         Targets stay an index: no [B, A, C] target is built and no masked copy of the logits is made (with LVIS's
         1203 classes each would be as large as the logits); ignored rows are computed and weighted by 0.
         In training, the equalized losses then add this step's gradient to their statistics (G+, G-, g_j).
@@ -188,7 +189,8 @@ class DenseCriterion(nn.Module):
 
         Args:
             logits: [N, C] detached. labels: [N] long (-1 background). scores: [N] or None.
-            weights: [N] 1 for non-ignored anchors, 0 for ignored ones.
+            weights: [N] 1 for non-ignored anchors, 0 for ignored ones (RetinaNet's per-image normaliser: 1 /
+                (B max(positives of the anchor's image, 1)), with scale = weight / 1).
         """
         grad = self.cls_grad_fn(logits, labels, scores, **params).abs_()                # [N, C], this step's own
         rows, columns = losses.target_entries(labels, logits.shape[-1])            # positive entries [P]
@@ -236,7 +238,8 @@ class RetinaNetCriterion(DenseCriterion):
     """Focal loss over non-ignored anchors + box loss over positives, both / num_pos (mmdetection RetinaNet).
 
     model.normaliser 'image' (torchvision's RetinaNet) divides each image's two losses by its own max(positives, 1)
-    and averages over the images (under DDP the gradient mean over ranks makes it the mean over all images).
+    and averages over the images of the batch (under DDP the gradient mean over ranks makes it the mean over all
+    images when the ranks' batches are equal). num_pos stays mmdetection's normaliser, as a statistic.
     """
 
     def __init__(self, model_cfg, family, num_classes):
@@ -253,7 +256,7 @@ class RetinaNetCriterion(DenseCriterion):
             image_weight = 1.0 / (positive.sum(dim=1).clamp(min=1) * batch).to(pos["anchors"].dtype)  # [B]
             cls_weights = valid * image_weight[:, None]                            # [B, A]
             box_weights = image_weight[:, None].expand_as(positive)[positive]      # [P]
-            normaliser = torch.ones((), device=num_pos.device)
+            normaliser = torch.ones((), device=num_pos.device)   # a tensor: classification_loss casts it
         pred_boxes = self.family.decode(pos["anchors"], pos["strides"], pos["codes"])
         target_codes = self.family.encode(pos["anchors"], pos["strides"], pos["gt_boxes"])
         loss_box = self.weighted_box_loss(pred_boxes, pos["gt_boxes"], pos["codes"], target_codes, box_weights,

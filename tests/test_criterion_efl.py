@@ -52,13 +52,15 @@ def test_equalized_loss_equals_its_plain_form_before_any_statistics(head_type):
     assert criterion.efl_pos_grad.sum() == 0 and criterion.efl_neg_grad.sum() == 0  # evaluation never updates them
 
 
-@pytest.mark.parametrize("head_type", ["retinanet", "gfl"])
-def test_statistics_are_the_autograd_gradient_of_the_step(head_type):
+@pytest.mark.parametrize("head_type, overrides", [("retinanet", ()), ("retinanet", ("model.normaliser=image",)),
+                                                   ("gfl", ())])
+def test_statistics_are_the_autograd_gradient_of_the_step(head_type, overrides):
     """G+_j / G-_j = sums of |d loss_cls / d logit| over positive / negative entries of class j, the gradient taken
-    by autograd through the criterion (the closed form the criterion uses is not called here)."""
+    by autograd through the criterion (the closed form the criterion uses is not called here). With RetinaNet's
+    per-image normaliser each image's entries carry their own 1 / positives (TARGETS' images have 2 and 1 GTs)."""
     _, equalized = PAIRS[head_type]
     outputs, targets = head_outputs(head_type, dtype=torch.float64), padded_targets(**TARGETS)
-    criterion = criterion_of(head_type, equalized, "model.loss_cls.weight=1.5").train()
+    criterion = criterion_of(head_type, equalized, "model.loss_cls.weight=1.5", *overrides).train()
     losses = criterion(outputs, targets)
     (grad,) = torch.autograd.grad(losses["loss_cls"], outputs.cls_logits)               # [B, A, C]
     matched = criterion.assign(outputs, targets)
