@@ -30,7 +30,7 @@ from data.transforms import build_transforms
 from detector import build_model, build_postprocessor, dist
 from detector.checkpoint import CheckpointError, load_checkpoint, load_state
 from detector.config import config_from_dict, load_config, merge_dicts, parse_overrides
-from detector.engine import evaluate
+from detector.engine import compiled_for_inference, evaluate
 from detector.errors import run_cli
 from detector.precision import choose_precision
 
@@ -96,8 +96,11 @@ def main():
     load_state(model, checkpoint["model"], args.checkpoint)
     precision = choose_precision(cfg.train.amp, device)
     logger.info(f"precision {precision.name}: {precision.reason}")
-    metrics, detections = evaluate(model, build_postprocessor(cfg.model), loader, cat_ids, evaluator, device,
-                                   precision, cfg.train.channels_last)
+    if cfg.eval.compile:
+        logger.info(f"model compiled for inference (backend {cfg.train.compile_backend}, frozen weights); the "
+                    "first batch compiles")
+    metrics, detections = evaluate(compiled_for_inference(model, cfg), build_postprocessor(cfg.model), loader,
+                                   cat_ids, evaluator, device, precision, cfg.train.channels_last)
     if rank == 0:
         out_dir = args.out_dir or os.path.join(cfg.work_dir or os.path.join("work_dirs", cfg.name), "eval")
         os.makedirs(out_dir, exist_ok=True)

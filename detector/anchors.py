@@ -31,6 +31,10 @@ class AnchorGenerator:
         self.num_per_location = self.base.shape[0]
         self._cache = {}  # (feature sizes, device) -> result; bounded, since multi-scale training varies sizes
 
+    # Eager under torch.compile: traced, the cache lookup would become a guard on the dict's contents, and the
+    # compiled model would recompile once after its first call filled the cache (a graph break here costs nothing:
+    # the anchors are the forward's last step).
+    @torch.compiler.disable
     def __call__(self, feature_sizes, device, dtype=torch.float32):
         """feature_sizes: [(H_l, W_l)] per level -> (anchors [A, 4], strides [A], num_per_level [L]) in `dtype`
         (computed in float64, so float64 anchors are exact)."""

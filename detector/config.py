@@ -210,6 +210,11 @@ class TrainConfig:
 class EvalConfig:
     # COCO metrics: pycocotools' COCOeval (the reference) or faster-coco-eval (same numbers, C++ evaluate/accumulate)
     backend: Literal["pycocotools", "faster"] = "pycocotools"
+    # eval.py only: torch.compile the loaded model for inference (backend train.compile_backend). With inductor the
+    # weights are frozen into the graph as constants: convolution weights pre-packed for oneDNN on CPUs, conv + bias
+    # + activation fused, BatchNorm folded. The first batch compiles (minutes on a 2-core CPU), each new padded
+    # input shape may recompile. train.py's evaluations stay eager: its weights change between them.
+    compile: bool = False
 
 
 @dataclass

@@ -64,6 +64,41 @@ def compiled(model, train_cfg):
     return torch.compile(model, backend=train_cfg.compile_backend)
 
 
+class FrozenForInference(torch.nn.Module):
+    """`model` torch.compile'd by inductor with weight freezing: the parameters become constants of the graph.
+
+    torch.compile(options={"freezing": True}) does not reach the inference compiler (torch 2.14), so the flag is
+    patched in around each call: compilation happens inside the first call at each input shape. Every new padded
+    input shape compiles its own static graph (inductor's freezing fails on symbolic sizes in torch 2.14), up to
+    torch._dynamo.config.recompile_limit shapes; calls with further shapes then run eagerly.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.compiled = torch.compile(model, backend="inductor", dynamic=False)  # freezing fails on symbolic sizes
+
+    def forward(self, images):
+        import torch._inductor.config as inductor_config
+        with inductor_config.patch(freezing=True):
+            return self.compiled(images)
+
+
+def compiled_for_inference(model, cfg):
+    """The module eval.py calls: `model` in eval mode, torch.compile'd when eval.compile (else `model` itself).
+
+    Backend train.compile_backend; with inductor the weights are frozen (FrozenForInference), so they must hold
+    their final values (the checkpoint's) before the first call: the constants it folds or pre-packs then keep the
+    values of that call, whatever later updates `model` gets.
+    """
+    model.eval()
+    if not cfg.eval.compile:
+        return model
+    if cfg.train.compile_backend == "inductor":
+        return FrozenForInference(model).eval()
+    return torch.compile(model, backend=cfg.train.compile_backend)
+
+
 def images_to(images, device, channels_last):
     """Batch [B, 3, H, W] on `device`, in the memory format the model was put in (train.channels_last)."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format

@@ -30,8 +30,14 @@ facts; `--json FILE` writes them too. On CUDA the steps are timed with CUDA even
 
     python scripts/benchmark.py --config gfl_r50.yaml --vs torchvision --height 512 --width 512 --batch-size 2 \
         --gts 5 train.amp=off
+
+`--phases` picks the phases there too (`--phases inference`: no training steps, criterion or peaks). With
+`eval.compile=true` our inference runs eval.py's compiled module (inductor, frozen weights; its first warm-up call
+compiles); `--compile-theirs` compiles torchvision's backbone and head the same way, so that the ratio compares
+compiled with compiled.
 """
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -51,7 +57,7 @@ from torchvision_models import build_torchvision_detector, to_torchvision_inputs
 from detector import build_criterion, build_model, build_postprocessor  # noqa: E402
 from detector.config import load_config  # noqa: E402
 from detector.cpu import cpu_capability, cpu_model, keep_freed_memory, matmul_gflops  # noqa: E402
-from detector.engine import compiled  # noqa: E402
+from detector.engine import compiled, compiled_for_inference  # noqa: E402
 from detector.precision import choose_precision  # noqa: E402
 
 
@@ -173,6 +179,9 @@ def main():
                         help="ground-truth boxes per image")
     parser.add_argument("--vs", choices=["torchvision"], help="time against torchvision's counterpart, interleaved")
     parser.add_argument("--json", help="also write the --vs figures to this file")
+    parser.add_argument("--compile-theirs", action="store_true",
+                        help="with --vs and eval.compile=true: compile torchvision's backbone and head for inference "
+                             "the same way")
     parser.add_argument("--memory-of", choices=["ours", "torchvision"], help=argparse.SUPPRESS)  # --vs's subprocess
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
@@ -180,12 +189,14 @@ def main():
                         help="comma-separated, from criterion (run first), train, inference")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value config overrides")
     args = parser.parse_args()
-    phases = args.phases.split(",")
+    phases = args.phases = args.phases.split(",")
     unknown = sorted(set(phases) - {"criterion", "train", "inference"})
     if unknown:
         parser.error(f"--phases: unknown {unknown}; valid: criterion, train, inference")
 
     cfg = load_config(args.config, args.overrides + ["model.backbone.pretrained=null"])
+    if args.compile_theirs and not (args.vs and cfg.eval.compile):
+        parser.error("--compile-theirs goes with --vs torchvision and eval.compile=true")
     use_cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
     if not use_cuda:
@@ -211,6 +222,7 @@ def main():
                                   images, targets)
 
     forward = compiled(model, cfg.train)  # train.compile: the first --warmup steps include the compilation
+    inference_forward = compiled_for_inference(model, cfg) if cfg.eval.compile else forward  # eval.compile
 
     def train_step():
         with precision.autocast(device):
@@ -225,7 +237,7 @@ def main():
     @torch.no_grad()
     def inference_step():
         with precision.autocast(device):
-            outputs = forward(images)
+            outputs = inference_forward(images)
         postprocessor(outputs, targets["image_sizes"], targets["scale_factors"])
 
     forward_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision.name, torch.float32)
@@ -267,12 +279,15 @@ def main():
               f"{precision.name:>9} {capability:>12} {probe:>13.0f}  {machine}{note}")
 
 
-def our_steps(model, criterion, postprocessor, optimizer, scaler, precision, device, images, targets, forward=None):
+def our_steps(model, criterion, postprocessor, optimizer, scaler, precision, device, images, targets, forward=None,
+              inference_forward=None):
     """(train step, inference step with post-processing, criterion forward + backward) of our detector.
 
-    forward: what runs the model (train.compile's compiled module; default `model` itself).
+    forward: what runs the model in training (train.compile's compiled module; default `model` itself);
+    inference_forward: what runs it in inference (eval.compile's frozen module; default `forward`).
     """
-    forward = forward or model
+    forward = model if forward is None else forward  # (a compiled module has no truth value)
+    inference_forward = forward if inference_forward is None else inference_forward
 
     def train():
         model.train()
@@ -288,7 +303,7 @@ def our_steps(model, criterion, postprocessor, optimizer, scaler, precision, dev
     def inference():
         model.eval()
         with precision.autocast(device):
-            outputs = forward(images)
+            outputs = inference_forward(images)
         postprocessor(outputs, targets["image_sizes"], targets["scale_factors"])
 
     with torch.no_grad(), precision.autocast(device):
@@ -303,11 +318,20 @@ def our_steps(model, criterion, postprocessor, optimizer, scaler, precision, dev
     return train, inference, criterion_only
 
 
-def torchvision_steps(cfg, num_classes, precision, device, images, targets):
-    """(torchvision's name, train step, inference step) for the config's counterpart at the same depth and width."""
+def torchvision_steps(cfg, num_classes, precision, device, images, targets, compile_inference=False):
+    """(torchvision's name, train step, inference step) for the config's counterpart at the same depth and width.
+
+    compile_inference: its inference runs a copy whose backbone (with FPN) and head are compiled as eval.compile
+    compiles ours (inductor, frozen weights); its transform and post-processing stay eager, as our post-processor.
+    """
     kind = "retinanet" if cfg.model.head.type == "retinanet" else "fcos"
     model = build_torchvision_detector(kind, cfg.model.backbone.depth, cfg.model.fpn.out_channels, num_classes,
                                        images.shape[-2], images.shape[-1], cfg.model.test.score_thr).to(device)
+    inference_model = model
+    if compile_inference:
+        inference_model = copy.deepcopy(model).eval()
+        inference_model.backbone = compiled_for_inference(inference_model.backbone, cfg)
+        inference_model.head = compiled_for_inference(inference_model.head, cfg)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     scaler = precision.grad_scaler(device)
     image_list, target_list = to_torchvision_inputs(images.contiguous(), targets)
@@ -323,17 +347,18 @@ def torchvision_steps(cfg, num_classes, precision, device, images, targets):
 
     @torch.no_grad()
     def inference():
-        model.eval()
+        inference_model.eval()
         with precision.autocast(device):
-            model(image_list)
-    return f"torchvision {type(model).__name__} R{cfg.model.backbone.depth}", train, inference
+            inference_model(image_list)
+    name = f"torchvision {type(model).__name__} R{cfg.model.backbone.depth}"
+    return name + (" (compiled for inference)" if compile_inference else ""), train, inference
 
 
 def peak_in_subprocess(which):
     """Peak memory (MiB) of two training steps of `which` model alone, in a fresh process (this script, argv kept)."""
     argv, skip = [], False
-    for token in sys.argv[1:]:   # all but --vs X and --json X (or --vs=X, --json=X)
-        if skip or token.startswith(("--vs=", "--json=")):
+    for token in sys.argv[1:]:   # all but --vs X, --json X (or --vs=X, --json=X) and --compile-theirs
+        if skip or token.startswith(("--vs=", "--json=")) or token == "--compile-theirs":
             skip = False
             continue
         skip = token in ("--vs", "--json")
@@ -347,8 +372,9 @@ def peak_in_subprocess(which):
 def versus_torchvision(args, cfg, device, precision, model, criterion, postprocessor, optimizer, scaler, images,
                        targets):
     ours = our_steps(model, criterion, postprocessor, optimizer, scaler, precision, device, images, targets,
-                     compiled(model, cfg.train))
-    name, *theirs = torchvision_steps(cfg, args.num_classes, precision, device, images, targets)
+                     compiled(model, cfg.train), compiled_for_inference(model, cfg) if cfg.eval.compile else None)
+    name, *theirs = torchvision_steps(cfg, args.num_classes, precision, device, images, targets,
+                                      args.compile_theirs)
     if args.memory_of:  # the subprocess: two training steps of one model, then its peak
         reset_peak_memory(device)
         step = ours[0] if args.memory_of == "ours" else theirs[0]
@@ -367,6 +393,8 @@ def versus_torchvision(args, cfg, device, precision, model, criterion, postproce
     print(f"{'phase':<10} {'ours ms med/min':>16} {'theirs ms med/min':>18} {'ratio med':>9} {'ratio min':>9} "
           f"{'ours img/s':>10} {'theirs img/s':>12}")
     for phase, mine, other in (("train", ours[0], theirs[0]), ("inference", ours[1], theirs[1])):
+        if phase not in args.phases:
+            continue
         times = {"ours": [], "theirs": []}
         for step in range(args.warmup + args.iters):  # A B A B: both see the machine's same moments
             for key, function in (("ours", mine), ("theirs", other)):
@@ -383,6 +411,11 @@ def versus_torchvision(args, cfg, device, precision, model, criterion, postproce
         print(f"{phase:<10} {1000 * median['ours']:>8.0f}/{1000 * minimum['ours']:<7.0f} "
               f"{1000 * median['theirs']:>9.0f}/{1000 * minimum['theirs']:<8.0f} {row['ratio_median']:>9.2f} "
               f"{row['ratio_min']:>9.2f} {row['ours_images_per_s']:>10.1f} {row['theirs_images_per_s']:>12.1f}")
+    if "train" not in args.phases:  # the criterion's share and the peak memory are of training steps
+        figures["probe_gflops"] = matmul_probe(device, precision.name)
+        print(f"{precision.name} matmul probe {figures['probe_gflops']:.0f} GFLOP/s")
+        write_json(args.json, figures)
+        return
     seconds = timed(ours[2], device, args.warmup, args.iters)
     figures["criterion_s"] = seconds
     figures["criterion_share_of_train"] = seconds / figures["phases"]["train"]["ours_median_s"]
@@ -393,8 +426,12 @@ def versus_torchvision(args, cfg, device, precision, model, criterion, postproce
     print(f"peak memory of two training steps, each alone in a fresh process: ours {figures['peak_mib']['ours']:.0f} "
           f"MiB, theirs {figures['peak_mib']['theirs']:.0f} MiB; {precision.name} matmul probe "
           f"{figures['probe_gflops']:.0f} GFLOP/s")
-    if args.json:
-        with open(args.json, "w") as f:
+    write_json(args.json, figures)
+
+
+def write_json(path, figures):
+    if path:
+        with open(path, "w") as f:
             json.dump(figures, f, indent=1)
 
 

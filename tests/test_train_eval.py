@@ -66,6 +66,19 @@ def test_eval_reproduces_the_training_metrics(trained):
         os.path.join(work_dir, "detections.json"))
 
 
+def test_eval_compiled_for_inference_gives_the_same_metrics(trained, tmp_path):
+    """eval.compile=true (inductor, frozen weights) end to end: the same COCO numbers as the eager evaluation."""
+    work_dir, _, _ = trained
+    result = check_ok(run_tool(["eval.py", "--checkpoint", os.path.join(work_dir, "checkpoints", "last.pth"),
+                                "--out-dir", str(tmp_path), "eval.compile=true"]))
+    assert "model compiled for inference (backend inductor, frozen weights)" in result.stdout
+    evaluated = read_json(str(tmp_path / "metrics.json"))
+    expected = read_json(os.path.join(work_dir, "metrics.json"))["final"]
+    assert expected["AP"] > 0
+    for key in ("AP", "AP50", "AP75", "AR100"):
+        assert evaluated[key] == pytest.approx(expected[key], abs=1e-3), key
+
+
 def test_resume_auto_continues_from_the_checkpoint(trained, tmp_path):
     work_dir, overrides, _ = trained
     resumed_dir = str(tmp_path / "resumed")
