@@ -97,8 +97,9 @@ def main():
     precision = choose_precision(cfg.train.amp, device)
     logger.info(f"precision {precision.name}: {precision.reason}")
     if cfg.eval.compile:
-        logger.info(f"model compiled for inference (backend {cfg.train.compile_backend}, frozen weights); the "
-                    "first batch compiles")
+        frozen = ", frozen weights" if cfg.train.compile_backend == "inductor" else ""
+        logger.info(f"model compiled for inference (backend {cfg.train.compile_backend}{frozen}); each new input "
+                    "shape compiles on its first batch")
     metrics, detections = evaluate(compiled_for_inference(model, cfg), build_postprocessor(cfg.model), loader,
                                    cat_ids, evaluator, device, precision, cfg.train.channels_last)
     if rank == 0:

@@ -54,7 +54,8 @@ def build_model(model_cfg, num_classes):
     backbone = ResNetBackbone(backbone_cfg.depth, backbone_cfg.frozen_stages, backbone_cfg.norm,
                               backbone_cfg.norm_eval, backbone_cfg.pretrained, backbone_cfg.zero_init_residual,
                               backbone_cfg.fold_norm)
-    fpn = FPN(backbone.out_channels, model_cfg.fpn.out_channels, model_cfg.fpn.extra_from)
+    fpn = FPN(backbone.out_channels, model_cfg.fpn.out_channels, model_cfg.fpn.extra_from,
+              model_cfg.fpn.relu_before_extra_convs)
     anchor_generator = AnchorGenerator(anchor_cfg.strides, anchor_cfg.octave_base_scale, anchor_cfg.scales_per_octave,
                                        anchor_cfg.ratios, anchor_cfg.offset)
     head = head_class(model_cfg.fpn.out_channels, num_classes, anchor_generator.num_per_location, family.box_channels,

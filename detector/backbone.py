@@ -2,7 +2,8 @@
 
 ResNet stages C3, C4, C5 have strides 8, 16, 32. The FPN maps them to `out_channels`, adds the
 top-down path with nearest upsampling, then P6 by a stride-2 3x3 conv on C5 (RetinaNet) or on P5
-(ATSS, GFL), and P7 = conv(P6), no ReLU between (mmdetection's configs for all three, REFERENCE.md).
+(ATSS, GFL), and P7 = conv(P6), no ReLU between (mmdetection's configs for all three, REFERENCE.md;
+model.fpn.relu_before_extra_convs adds torchvision's ReLU).
 
 BatchNorm as mmdetection's reference (norm bn, norm_eval true): running statistics frozen (the layers stay in
 eval mode), affine weight and bias trained outside the frozen stages. norm_eval false trains the statistics too
@@ -147,11 +148,16 @@ def block_forward(block, x):
 
 
 class FPN(nn.Module):
-    """C3..C5 -> P3..P7, each [B, out_channels, H / stride, W / stride]."""
+    """C3..C5 -> P3..P7, each [B, out_channels, H / stride, W / stride].
 
-    def __init__(self, in_channels, out_channels=256, extra_from="c5"):
+    P6 = conv(C5 or P5, stride 2) by extra_from; P7 = conv(P6, stride 2), or conv(relu(P6)) with
+    relu_before_extra_convs (mmdetection's flag of that name; torchvision's LastLevelP6P7).
+    """
+
+    def __init__(self, in_channels, out_channels=256, extra_from="c5", relu_before_extra_convs=False):
         super().__init__()
         self.extra_from = extra_from
+        self.relu_before_extra_convs = relu_before_extra_convs
         self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
         self.output = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels)
         p6_in = in_channels[-1] if extra_from == "c5" else out_channels
@@ -169,5 +175,5 @@ class FPN(nn.Module):
             laterals[i - 1] = laterals[i - 1] + upsampled
         outputs = [conv(x) for conv, x in zip(self.output, laterals)]
         p6 = self.p6(features[-1] if self.extra_from == "c5" else outputs[-1])
-        p7 = self.p7(p6)
+        p7 = self.p7(F.relu(p6) if self.relu_before_extra_convs else p6)
         return outputs + [p6, p7]

@@ -55,7 +55,10 @@ class BackboneConfig:
 @dataclass
 class FPNConfig:
     out_channels: int = 256
-    extra_from: str = "c5"               # P6 from 'c5' (RetinaNet) or from 'p5' (ATSS, GFL); P7 = conv(P6)
+    extra_from: str = "c5"               # P6 from 'c5' (RetinaNet) or from 'p5' (ATSS, GFL); P7 from P6
+    # P7 = conv(relu(P6)) (mmdetection's relu_before_extra_convs, its FCOS; torchvision's LastLevelP6P7) instead of
+    # conv(P6) (mmdetection's RetinaNet, ATSS and GFL: false)
+    relu_before_extra_convs: bool = False
 
 
 @dataclass

@@ -70,18 +70,23 @@ class FrozenForInference(torch.nn.Module):
     torch.compile(options={"freezing": True}) does not reach the inference compiler (torch 2.14), so the flag is
     patched in around each call: compilation happens inside the first call at each input shape. Every new padded
     input shape compiles its own static graph (inductor's freezing fails on symbolic sizes in torch 2.14), up to
-    torch._dynamo.config.recompile_limit shapes; calls with further shapes then run eagerly.
+    torch._dynamo.config.recompile_limit shapes; calls with further shapes then run eagerly. Each compiled shape
+    may keep its own folded and pre-packed copy of the weights.
     """
 
     def __init__(self, model):
         super().__init__()
-        self.model = model
         self.compiled = torch.compile(model, backend="inductor", dynamic=False)  # freezing fails on symbolic sizes
 
-    def forward(self, images):
+    @property
+    def model(self):
+        """The module compiled (its weights are the ones frozen)."""
+        return self.compiled._orig_mod
+
+    def forward(self, inputs):
         import torch._inductor.config as inductor_config
         with inductor_config.patch(freezing=True):
-            return self.compiled(images)
+            return self.compiled(inputs)
 
 
 def compiled_for_inference(model, cfg):

@@ -188,7 +188,7 @@ def main():
     parser.add_argument("--phases", default="train,inference",
                         help="comma-separated, from criterion (run first), train, inference")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value config overrides")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides may come before and after options
     phases = args.phases = args.phases.split(",")
     unknown = sorted(set(phases) - {"criterion", "train", "inference"})
     if unknown:
@@ -197,6 +197,8 @@ def main():
     cfg = load_config(args.config, args.overrides + ["model.backbone.pretrained=null"])
     if args.compile_theirs and not (args.vs and cfg.eval.compile):
         parser.error("--compile-theirs goes with --vs torchvision and eval.compile=true")
+    if args.vs and not {"train", "inference"} & set(phases):
+        parser.error("--vs times the train and inference phases: --phases must name at least one of them")
     use_cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
     if not use_cuda:
@@ -306,14 +308,17 @@ def our_steps(model, criterion, postprocessor, optimizer, scaler, precision, dev
             outputs = inference_forward(images)
         postprocessor(outputs, targets["image_sizes"], targets["scale_factors"])
 
-    with torch.no_grad(), precision.autocast(device):
-        fixed = model.train()(images)  # head outputs, detached: the criterion's own cost (assignment to backward)
-    leaves = {key: getattr(fixed, key).detach().requires_grad_() for key in ("cls_logits", "box_regression")}
-    if fixed.centerness is not None:
-        leaves["centerness"] = fixed.centerness.detach().requires_grad_()
+    fixed = {}
 
     def criterion_only():
-        losses = criterion(dataclasses.replace(fixed, **leaves), targets)
+        if not fixed:  # head outputs, detached: the criterion's own cost (assignment to backward)
+            with torch.no_grad(), precision.autocast(device):
+                fixed["outputs"] = model.train()(images)
+            outputs = fixed["outputs"]
+            fixed["leaves"] = {key: getattr(outputs, key).detach().requires_grad_()
+                               for key in ("cls_logits", "box_regression", "centerness")
+                               if getattr(outputs, key) is not None}
+        losses = criterion(dataclasses.replace(fixed["outputs"], **fixed["leaves"]), targets)
         sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
     return train, inference, criterion_only
 
@@ -327,11 +332,17 @@ def torchvision_steps(cfg, num_classes, precision, device, images, targets, comp
     kind = "retinanet" if cfg.model.head.type == "retinanet" else "fcos"
     model = build_torchvision_detector(kind, cfg.model.backbone.depth, cfg.model.fpn.out_channels, num_classes,
                                        images.shape[-2], images.shape[-1], cfg.model.test.score_thr).to(device)
-    inference_model = model
-    if compile_inference:
-        inference_model = copy.deepcopy(model).eval()
-        inference_model.backbone = compiled_for_inference(inference_model.backbone, cfg)
-        inference_model.head = compiled_for_inference(inference_model.head, cfg)
+    compiled_copy = []   # compile_inference: built at the first inference call, from the weights trained by then
+
+    def inference_model():
+        if not compile_inference:
+            return model
+        if not compiled_copy:
+            copied = copy.deepcopy(model).eval()
+            copied.backbone = compiled_for_inference(copied.backbone, cfg)
+            copied.head = compiled_for_inference(copied.head, cfg)
+            compiled_copy.append(copied)
+        return compiled_copy[0]
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     scaler = precision.grad_scaler(device)
     image_list, target_list = to_torchvision_inputs(images.contiguous(), targets)
@@ -347,9 +358,9 @@ def torchvision_steps(cfg, num_classes, precision, device, images, targets, comp
 
     @torch.no_grad()
     def inference():
-        inference_model.eval()
+        detector = inference_model().eval()
         with precision.autocast(device):
-            inference_model(image_list)
+            detector(image_list)
     name = f"torchvision {type(model).__name__} R{cfg.model.backbone.depth}"
     return name + (" (compiled for inference)" if compile_inference else ""), train, inference
 
@@ -386,10 +397,13 @@ def versus_torchvision(args, cfg, device, precision, model, criterion, postproce
     print(f"{cfg.name} ({cfg.model.head.type} R{cfg.model.backbone.depth}) vs {name} (weights=None): batch {batch} x "
           f"{height}x{width}, {args.boxes_per_image} GTs/image, {args.num_classes} classes, {device}, "
           f"{torch.get_num_threads()} threads, precision {precision.name}")
-    print(f"machine: {machine}, capability {capability}")
+    print(f"machine: {machine}, capability {capability}; ours compiled for training {cfg.train.compile}, for "
+          f"inference {cfg.eval.compile} (backend {cfg.train.compile_backend})")
     figures = {"config": cfg.name, "torchvision": name, "batch": batch, "height": height, "width": width,
                "gts": args.boxes_per_image, "classes": args.num_classes, "precision": precision.name,
-               "device": str(device), "machine": machine, "capability": capability, "phases": {}}
+               "device": str(device), "machine": machine, "capability": capability, "phases": {},
+               "ours_compiled": {"train": cfg.train.compile, "inference": cfg.eval.compile,
+                                 "backend": cfg.train.compile_backend}}
     print(f"{'phase':<10} {'ours ms med/min':>16} {'theirs ms med/min':>18} {'ratio med':>9} {'ratio min':>9} "
           f"{'ours img/s':>10} {'theirs img/s':>12}")
     for phase, mine, other in (("train", ours[0], theirs[0]), ("inference", ours[1], theirs[1])):

@@ -33,6 +33,7 @@ def test_versus_torchvision_writes_its_figures(config, counterpart, tmp_path):
     assert 0 < figures["criterion_s"] < figures["phases"]["train"]["ours_median_s"]
     assert figures["peak_mib"]["ours"] > 100 and figures["peak_mib"]["theirs"] > 100
     assert f"vs torchvision {counterpart} R18" in result.stdout and "criterion alone" in result.stdout
+    assert figures["ours_compiled"] == {"train": False, "inference": False, "backend": "inductor"}
 
 
 def test_versus_torchvision_inference_only_with_both_models_compiled(tmp_path):
@@ -50,6 +51,7 @@ def test_versus_torchvision_inference_only_with_both_models_compiled(tmp_path):
     assert result.returncode == 0, result.stderr
     figures = json.loads(out.read_text())
     assert figures["torchvision"] == "torchvision FCOS R18 (compiled for inference)"
+    assert figures["ours_compiled"] == {"train": True, "inference": True, "backend": "aot_eager"}
     assert list(figures["phases"]) == ["inference"] and "criterion_s" not in figures and "peak_mib" not in figures
     row = figures["phases"]["inference"]
     assert row["ratio_median"] == pytest.approx(row["ours_median_s"] / row["theirs_median_s"])

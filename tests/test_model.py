@@ -245,6 +245,30 @@ def test_p7_is_a_conv_of_p6_without_relu():
     assert not torch.allclose(outputs[4], fpn.p7(torch.relu(p6)))
 
 
+def test_relu_before_extra_convs_clips_p6_for_p7():
+    """model.fpn.relu_before_extra_convs (torchvision's LastLevelP6P7, mmdetection's FCOS): P6 = conv(C5) as before,
+    P7 = conv(relu(P6)), written here with F.conv2d on the module's weights."""
+    import torch.nn.functional as F
+
+    from detector.backbone import FPN
+    torch.manual_seed(0)
+    fpn = FPN([8, 16, 32], out_channels=8, extra_from="c5", relu_before_extra_convs=True)
+    features = [torch.randn(1, 8, 16, 16), torch.randn(1, 16, 8, 8), torch.randn(1, 32, 4, 4)]
+    outputs = fpn(features)
+    p6 = F.conv2d(features[2], fpn.p6.weight, fpn.p6.bias, stride=2, padding=1)
+    assert (p6 < 0).any()
+    torch.testing.assert_close(outputs[3], p6)
+    torch.testing.assert_close(outputs[4], F.conv2d(p6.clamp(min=0), fpn.p7.weight, fpn.p7.bias, stride=2, padding=1))
+    assert not torch.allclose(outputs[4], fpn.p7(p6))
+
+
+def test_fpn_relu_before_extra_convs_is_a_config_key():
+    cfg = load_config("retinanet_r50.yaml", ["model.backbone.pretrained=null", "model.backbone.depth=18",
+                                             "model.fpn.relu_before_extra_convs=true"])
+    assert build_model(cfg.model, 3).fpn.relu_before_extra_convs is True
+    assert load_config("retinanet_r50.yaml").model.fpn.relu_before_extra_convs is False   # mmdetection's RetinaNet
+
+
 def test_norm_eval_freezes_statistics_but_trains_the_affine_terms():
     """mmdetection's reference BatchNorm (norm_eval): eval mode even in model.train(), affine terms trained
     outside the frozen stages; with norm_eval false the statistics update (training from scratch)."""
