@@ -15,6 +15,8 @@ Our models are the reference configs (atss_r50.yaml, retinanet_r50.yaml) with th
 train from scratch (depth, frozen_stages=-1, norm=bn, pretrained=null), and for GFL gfl_r18_scratch.yaml
 (the same plus a gradient clip at 35: see its comment; `--ours-config gfl=gfl_r50.yaml` runs the reference one);
 `--ours-config gfl=configs/x.yaml` swaps one config and `--set KEY=VALUE` adds overrides to all of ours.
+`--init-from-torchvision` starts our RetinaNet from the weights torchvision's RetinaNet starts from at the same
+seed (P6 from P5, as theirs): a paired comparison, in which only the training differs, not the random draws.
 Output in --out: results.md (final table, per-class AP, AP at each eval iteration), results.json,
 curves.png (AP against iterations; needs matplotlib) and one log per model.
 """
@@ -32,7 +34,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from torchvision_models import build_torchvision_detector, to_torchvision_inputs  # noqa: E402
+from torchvision_models import build_torchvision_detector, retinanet_state_to_ours, to_torchvision_inputs  # noqa: E402
 
 from data.build import build_dataset  # noqa: E402
 from data.collate import collate  # noqa: E402
@@ -79,6 +81,9 @@ def parse_args(argv=None):
                         help="config override for all our models (after the from-scratch backbone ones)")
     parser.add_argument("--torchvision-grad-clip", type=float, default=None,
                         help="clip torchvision's gradients too (L2 norm of all; default: no clip, as its recipe)")
+    parser.add_argument("--init-from-torchvision", action="store_true",
+                        help="our RetinaNet starts from the weights torchvision's RetinaNet starts from with the same "
+                             "seed (a paired comparison; needs model.fpn.extra_from=p5, added here)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -89,6 +94,8 @@ def parse_args(argv=None):
     if args.eval_at[0] < 1 or args.eval_at[-1] > args.iters:
         parser.error(f"--eval-at must lie in 1..--iters ({args.iters})")
     args.ours_config = dict(item.split("=", 1) for item in args.ours_config)
+    if args.init_from_torchvision and set(args.models) - {"retinanet", "tv_retinanet"}:
+        parser.error("--init-from-torchvision maps torchvision's RetinaNet weights: --models retinanet[,tv_retinanet]")
     return args
 
 
@@ -133,9 +140,17 @@ class Ours:
                      "model.backbone.norm=bn", "model.backbone.norm_eval=false", "model.backbone.pretrained=null",
                      f"model.fpn.out_channels={args.feat_channels}", f"model.head.feat_channels={args.feat_channels}",
                      f"model.test.score_thr={args.score_thr}"] + list(args.set)
+        if args.init_from_torchvision:
+            overrides.append("model.fpn.extra_from=p5")
         self.cfg = load_config(config, overrides)
         self.description = f"{config} + {' '.join(overrides)}"
         self.model = build_model(self.cfg.model, num_classes)
+        if args.init_from_torchvision:   # the weights torchvision's RetinaNet gets after the same manual_seed
+            torch.manual_seed(args.seed)
+            theirs = build_torchvision_detector("retinanet", args.depth, args.feat_channels, num_classes,
+                                                args.short_side, args.max_size, args.score_thr).state_dict()
+            self.model.load_state_dict(retinanet_state_to_ours(theirs, self.model.state_dict()))
+            self.description += ", weights of torchvision's RetinaNet at the same seed"
         self.criterion = build_criterion(self.cfg.model, num_classes)
         self.postprocessor = build_postprocessor(self.cfg.model)
         self.grad_clip = self.cfg.optim.grad_clip   # a from-scratch config may clip (the reference ones do not)

@@ -41,3 +41,38 @@ def to_torchvision_inputs(images, targets):
         keep = targets["valid"][i] & ~targets["crowd"][i]
         target_list.append({"boxes": targets["boxes"][i][keep], "labels": targets["labels"][i][keep]})
     return image_list, target_list
+
+
+def retinanet_state_to_ours(theirs, ours):
+    """torchvision RetinaNet's state dict -> our RetinaNet's keys (same depth and width, P6 from P5: extra_from=p5).
+
+    The ResNet entries correspond one to one in order (our backbone wraps torchvision's ResNet); the FPN and
+    head entries are named here. Raises ValueError when a shape or key does not match.
+    """
+    mapped = {}
+    body = [k for k in theirs if k.startswith("backbone.body.")]
+    our_body = [k for k in ours if k.startswith("backbone.")]
+    if len(body) != len(our_body):
+        raise ValueError(f"backbones differ: {len(body)} torchvision entries, {len(our_body)} ours")
+    mapped.update(zip(our_body, body))
+    for i in range(3):
+        for t in ("weight", "bias"):
+            mapped[f"fpn.lateral.{i}.{t}"] = f"backbone.fpn.inner_blocks.{i}.0.{t}"
+            mapped[f"fpn.output.{i}.{t}"] = f"backbone.fpn.layer_blocks.{i}.0.{t}"
+    for t in ("weight", "bias"):
+        mapped[f"fpn.p6.{t}"] = f"backbone.fpn.extra_blocks.p6.{t}"
+        mapped[f"fpn.p7.{t}"] = f"backbone.fpn.extra_blocks.p7.{t}"
+        for i in range(4):   # our towers are Sequential(conv, relu, ...): convs at 0, 2, 4, 6
+            mapped[f"head.cls_tower.{2 * i}.{t}"] = f"head.classification_head.conv.{i}.0.{t}"
+            mapped[f"head.reg_tower.{2 * i}.{t}"] = f"head.regression_head.conv.{i}.0.{t}"
+        mapped[f"head.cls_out.{t}"] = f"head.classification_head.cls_logits.{t}"
+        mapped[f"head.reg_out.{t}"] = f"head.regression_head.bbox_reg.{t}"
+    if set(mapped) != set(ours):
+        raise ValueError(f"keys differ: {sorted(set(mapped) ^ set(ours))[:5]}")
+    state = {}
+    for our_key, their_key in mapped.items():
+        if theirs[their_key].shape != ours[our_key].shape:
+            raise ValueError(f"{our_key} {tuple(ours[our_key].shape)} <- {their_key} "
+                             f"{tuple(theirs[their_key].shape)}: shapes differ (P6 from P5 needs extra_from=p5)")
+        state[our_key] = theirs[their_key]
+    return state
