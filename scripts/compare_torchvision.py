@@ -11,9 +11,11 @@ build them with weights=None (random init, trainable BatchNorm, every layer trai
 depth; their own transform is told not to resize or normalise again (our loader did both), so the
 input tensors are identical. torchvision is the yardstick here only; nothing else imports it.
 
-Our models are the reference configs (atss_r50.yaml, retinanet_r50.yaml) with the backbone overridden to
-train from scratch (depth, frozen_stages=-1, norm=bn, pretrained=null), and for GFL gfl_r18_scratch.yaml
-(the same plus a gradient clip at 35: see its comment; `--ours-config gfl=gfl_r50.yaml` runs the reference one);
+Our models train from scratch (depth, frozen_stages=-1, norm=bn, norm_eval=false, pretrained=null, set here):
+ATSS is the reference atss_r50.yaml, GFL gfl_r18_scratch.yaml (the reference one plus a gradient clip at 35: see
+its comment; `--ours-config gfl=gfl_r50.yaml` runs the reference one) and RetinaNet retinanet_r18_scratch.yaml
+(torchvision's RetinaNet design where it differs from mmdetection's: see its comment;
+`--ours-config retinanet=retinanet_r50.yaml` runs the reference one);
 `--ours-config gfl=configs/x.yaml` swaps one config and `--set KEY=VALUE` adds overrides to all of ours.
 `--init-from-torchvision` starts our RetinaNet from the weights torchvision's RetinaNet starts from at the same
 seed (P6 from P5, as theirs): a paired comparison, in which only the training differs, not the random draws.
@@ -45,7 +47,7 @@ from detector.config import load_config  # noqa: E402
 from detector.cpu import describe_cpu, keep_freed_memory  # noqa: E402
 from detector.engine import to_coco_results  # noqa: E402
 
-OURS = {"gfl": "gfl_r18_scratch.yaml", "atss": "atss_r50.yaml", "retinanet": "retinanet_r50.yaml"}
+OURS = {"gfl": "gfl_r18_scratch.yaml", "atss": "atss_r50.yaml", "retinanet": "retinanet_r18_scratch.yaml"}
 TORCHVISION = ("tv_fcos", "tv_retinanet")
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 

@@ -1,7 +1,7 @@
 """Our RetinaNet against torchvision's, as an independent implementation: with torchvision's weights copied in
-(scripts/torchvision_models.retinanet_state_to_ours), its design choices set (P6 from P5, ReLU before P7, the
-per-image loss normaliser, torchvision's low-quality rule) and torchvision given our anchors (its own round the
-base sizes), the two give the same losses, gradients and detections.
+(scripts/torchvision_models.retinanet_state_to_ours), configs/retinanet_r18_scratch.yaml's choices (torchvision's:
+P6 from P5, ReLU before P7, the per-image loss normaliser, torchvision's low-quality rule) and torchvision given
+our anchors (its own truncate and round the base sizes), the two give the same losses, gradients and detections.
 
 Equal-sized images whose size divides by 128, so that no anchor lies on padding (mmdetection ignores those,
 torchvision counts them as negatives) and torchvision's per-level stride (image size // feature size) is the
@@ -12,9 +12,10 @@ import os
 
 import pytest
 import torch
-from tiny_detector import padded_targets, tiny_config
+from tiny_detector import padded_targets
 
 from detector import build_criterion, build_model, build_postprocessor
+from detector.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 spec = importlib.util.spec_from_file_location("torchvision_models",
@@ -23,15 +24,14 @@ torchvision_models = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(torchvision_models)
 
 WIDTH, SIZE, CLASSES = 32, 128, 3
-TORCHVISION_CHOICES = ["model.fpn.extra_from=p5", "model.fpn.relu_before_extra_convs=true",
-                       "model.normaliser=image", "model.assigner.low_quality=torchvision"]
 
 
-def build_pair(score_thr=0.05, choices=TORCHVISION_CHOICES):
+def build_pair(score_thr=0.05, overrides=()):
     torch.manual_seed(0)
     theirs = torchvision_models.build_torchvision_detector("retinanet", 18, WIDTH, CLASSES, SIZE, SIZE, score_thr)
-    cfg = tiny_config("retinanet", "model.head.stacked_convs=4", "model.backbone.frozen_stages=-1",
-                      f"model.test.score_thr={score_thr}", *choices)
+    cfg = load_config("retinanet_r18_scratch.yaml", [f"model.fpn.out_channels={WIDTH}",
+                                                     f"model.head.feat_channels={WIDTH}",
+                                                     f"model.test.score_thr={score_thr}", *overrides])
     ours = build_model(cfg.model, CLASSES)
     ours.load_state_dict(torchvision_models.retinanet_state_to_ours(theirs.state_dict(), ours.state_dict()))
     return theirs, ours, cfg
@@ -81,7 +81,7 @@ def test_losses_and_gradients_equal_torchvisions():
 def test_mmdetections_batch_normaliser_differs_from_torchvisions():
     # The same weights with mmdetection's normaliser: (3 + 1 positives' losses) / 4 positives, not the mean of
     # each image's own mean; the test above would catch a criterion that ignored model.normaliser.
-    theirs, ours, cfg = build_pair(choices=[c for c in TORCHVISION_CHOICES if "normaliser" not in c])
+    theirs, ours, cfg = build_pair(overrides=["model.normaliser=batch"])
     criterion = build_criterion(cfg.model, CLASSES)
     images, targets = batch()
     theirs.train(), ours.train()
