@@ -3,22 +3,24 @@
     .venv/bin/python scripts/compare_torchvision.py --data ../shared/datasets/raccoon --iters 300 \
         --eval-at 50,100,150,300 --out runs/compare_raccoon
 
-Every model gets the same batches (same images, same flips, same padded tensors), the same SGD
-schedule (linear warm-up from warmup_ratio x lr, then constant), the same seed and iteration count,
-and is evaluated on the same val split by the same COCOeval (data/evaluation.py) at each --eval-at
-iteration. torchvision's detectors are built as `fcos_resnet50_fpn` / `retinanet_resnet50_fpn`
-build them with weights=None (random init, trainable BatchNorm, every layer trained), at any ResNet
-depth; their own transform is told not to resize or normalise again (our loader did both), so the
-input tensors are identical. torchvision is the yardstick here only; nothing else imports it.
+Every model gets the same batches (same images, same flips, same padded tensors), the same SGD schedule (linear
+warm-up from warmup_ratio x lr, then constant), the same seed and iteration count, and is evaluated on the same val
+split by the same COCOeval (data/evaluation.py) at each --eval-at iteration. torchvision's detectors are built as
+`fcos_resnet50_fpn` / `retinanet_resnet50_fpn` (and `retinanet_resnet50_fpn_v2`: tv_retinanet_v2) build them with
+weights=None (random init, trainable BatchNorm, every layer trained), at any ResNet depth; their own transform is
+told not to resize or normalise again (our loader did both), so the input tensors are identical. torchvision is the
+yardstick here only; nothing else imports it.
 
 Our models train from scratch (depth, frozen_stages=-1, norm=bn, norm_eval=false, pretrained=null, set here):
 ATSS is the reference atss_r50.yaml, GFL gfl_r18_scratch.yaml (the reference one plus a gradient clip at 35: see
-its comment; `--ours-config gfl=gfl_r50.yaml` runs the reference one) and RetinaNet retinanet_r18_scratch.yaml
-(torchvision's RetinaNet design where it differs from mmdetection's: see its comment;
-`--ours-config retinanet=retinanet_r50.yaml` runs the reference one);
+its comment; `--ours-config gfl=gfl_r50.yaml` runs the reference one) and RetinaNet retinanet_r18_scratch_gn.yaml
+(torchvision's RetinaNet design where it differs from mmdetection's, and GroupNorm in the head: see its comment;
+`--ours-config retinanet=retinanet_r18_scratch.yaml` runs it without the GroupNorm,
+`--ours-config retinanet=retinanet_r50.yaml` the reference one);
 `--ours-config gfl=configs/x.yaml` swaps one config and `--set KEY=VALUE` adds overrides to all of ours.
 `--init-from-torchvision` starts our RetinaNet from the weights torchvision's RetinaNet starts from at the same
-seed (P6 from P5, as theirs): a paired comparison, in which only the training differs, not the random draws.
+seed (P6 from P5, as theirs; retinanet_r18_scratch.yaml, whose head has no norm as theirs, unless --ours-config
+names another): a paired comparison, in which only the training differs, not the random draws.
 Output in --out: results.md (final table, per-class AP, AP at each eval iteration), results.json,
 curves.png (AP against iterations; needs matplotlib) and one log per model.
 """
@@ -47,8 +49,8 @@ from detector.config import load_config  # noqa: E402
 from detector.cpu import describe_cpu, keep_freed_memory  # noqa: E402
 from detector.engine import to_coco_results  # noqa: E402
 
-OURS = {"gfl": "gfl_r18_scratch.yaml", "atss": "atss_r50.yaml", "retinanet": "retinanet_r18_scratch.yaml"}
-TORCHVISION = ("tv_fcos", "tv_retinanet")
+OURS = {"gfl": "gfl_r18_scratch.yaml", "atss": "atss_r50.yaml", "retinanet": "retinanet_r18_scratch_gn.yaml"}
+TORCHVISION = ("tv_fcos", "tv_retinanet", "tv_retinanet_v2")
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
@@ -98,6 +100,8 @@ def parse_args(argv=None):
     args.ours_config = dict(item.split("=", 1) for item in args.ours_config)
     if args.init_from_torchvision and set(args.models) - {"retinanet", "tv_retinanet"}:
         parser.error("--init-from-torchvision maps torchvision's RetinaNet weights: --models retinanet[,tv_retinanet]")
+    if args.init_from_torchvision:   # torchvision's RetinaNet head has no norm: the config without the GroupNorm
+        args.ours_config.setdefault("retinanet", "retinanet_r18_scratch.yaml")
     return args
 
 
@@ -171,7 +175,8 @@ class Torchvision:
     def __init__(self, name, args, num_classes):
         self.model = build_torchvision_detector(name.removeprefix("tv_"), args.depth, args.feat_channels,
                                                 num_classes, args.short_side, args.max_size, args.score_thr)
-        self.description = f"torchvision {type(self.model).__name__} R{args.depth}-FPN, weights=None" + (
+        version = " v2 (GroupNorm head, GIoU loss, P6 from C5)" if name == "tv_retinanet_v2" else ""
+        self.description = f"torchvision {type(self.model).__name__}{version} R{args.depth}-FPN, weights=None" + (
             f", gradients clipped at {args.torchvision_grad_clip}" if args.torchvision_grad_clip else "")
         self.criterion, self.grad_clip = None, args.torchvision_grad_clip
 

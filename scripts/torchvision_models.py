@@ -4,31 +4,48 @@
     losses = model(*to_torchvision_inputs(images, targets))       # images [B, 3, H, W] padded, our targets
 
 FCOS and RetinaNet are built as torchvision's fcos_resnet50_fpn / retinanet_resnet50_fpn build them with
-weights=None and weights_backbone=None: a random-init ResNet with trainable BatchNorm, every stage trainable,
-an FPN on C3..C5 with P6 and P7 from P5 (LastLevelP6P7(width, width)), their default anchors, heads, losses and
-post-processing; any ResNet depth and FPN/head width. Their transform is told not to resize or normalise: our
-loader has done both, so both detectors see the same tensors. Nothing else in the repository imports torchvision's
-detection models.
+weights=None and weights_backbone=None: a random-init ResNet with trainable BatchNorm, every stage trainable, an FPN
+on C3..C5 with P6 and P7 from P5 (LastLevelP6P7(width, width)), their default anchors, heads, losses and
+post-processing; any ResNet depth and FPN/head width. "retinanet_v2" is retinanet_resnet50_fpn_v2 with weights=None:
+P6 from C5 (LastLevelP6P7(C5 channels, width)), GroupNorm(32) in the head towers, GIoU box loss. Their transform is
+told not to resize or normalise: our loader has done both, so both detectors see the same tensors. Nothing else in
+the repository imports torchvision's detection models.
 """
+import functools
+
 from torch import nn
 
-KINDS = ("fcos", "retinanet")
+KINDS = ("fcos", "retinanet", "retinanet_v2")
 
 
 def build_torchvision_detector(kind, depth, width, num_classes, min_size, max_size, score_thresh=0.05):
     from torchvision.models import resnet
     from torchvision.models.detection import FCOS, RetinaNet
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.models.detection.retinanet import RetinaNetHead
     from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
+    if kind not in KINDS:
+        raise ValueError(f"torchvision detector {kind!r}: choose from {', '.join(KINDS)}")
     body = getattr(resnet, f"resnet{depth}")(weights=None, norm_layer=nn.BatchNorm2d)
     c5 = body.fc.in_features
+    if kind == "retinanet_v2" and c5 == width:
+        raise ValueError(f"retinanet_v2 takes P6 from C5, which LastLevelP6P7 cannot tell from P5 when the FPN width "
+                         f"equals C5's channels ({c5}): choose another width")
+    extra_in = c5 if kind == "retinanet_v2" else width
     backbone = BackboneWithFPN(body, {"layer2": "0", "layer3": "1", "layer4": "2"}, [c5 // 4, c5 // 2, c5], width,
-                               extra_blocks=LastLevelP6P7(width, width))
+                               extra_blocks=LastLevelP6P7(extra_in, width))
+    kwargs = dict(min_size=min_size, max_size=max_size, image_mean=[0.0] * 3, image_std=[1.0] * 3,
+                  score_thresh=score_thresh, detections_per_img=100, topk_candidates=1000)
     # Sigmoid heads: C foreground logits for contiguous labels 0..C-1 (no background slot is needed).
-    detector = {"fcos": FCOS, "retinanet": RetinaNet}[kind]
-    model = detector(backbone, num_classes, min_size=min_size, max_size=max_size, image_mean=[0.0] * 3,
-                     image_std=[1.0] * 3, score_thresh=score_thresh, detections_per_img=100, topk_candidates=1000)
+    if kind == "fcos":
+        model = FCOS(backbone, num_classes, **kwargs)
+    elif kind == "retinanet":
+        model = RetinaNet(backbone, num_classes, **kwargs)
+    else:
+        head = RetinaNetHead(width, 9, num_classes, norm_layer=functools.partial(nn.GroupNorm, 32))
+        head.regression_head._loss_type = "giou"
+        model = RetinaNet(backbone, num_classes, head=head, **kwargs)
     model.transform.resize = lambda image, target: (image, target)   # our loader resized and normalised
     return model
 

@@ -25,6 +25,7 @@ def test_init_from_torchvision_copies_the_seeds_torchvision_weights():
     torch.manual_seed(123)          # whatever the global RNG holds, ours gets the seed's torchvision weights
     ours = compare.build("retinanet", args, 2)
     assert ours.cfg.model.fpn.extra_from == "p5"
+    assert ours.cfg.name == "retinanet_r18_scratch" and ours.cfg.model.head.norm is None   # no GN, as theirs
     state = ours.model.state_dict()
     pairs = {"backbone.stem.0.weight": "backbone.body.conv1.weight",
              "backbone.stages.3.1.conv2.weight": "backbone.body.layer4.1.conv2.weight",
@@ -35,8 +36,11 @@ def test_init_from_torchvision_copies_the_seeds_torchvision_weights():
              "head.reg_out.weight": "head.regression_head.bbox_reg.weight"}
     for our_key, their_key in pairs.items():
         assert torch.equal(state[our_key], theirs[their_key]), our_key
-    # Without the flag the weights are our own init (xavier FPN), not torchvision's.
-    plain = compare.build("retinanet", compare.parse_args(ARGS + ["--models", "retinanet"]), 2).model.state_dict()
+    # Without the flag the weights are our own init (xavier FPN), not torchvision's, and the head has GroupNorm.
+    plain_model = compare.build("retinanet", compare.parse_args(ARGS + ["--models", "retinanet"]), 2)
+    assert plain_model.cfg.name == "retinanet_r18_scratch_gn"
+    assert sum(isinstance(m, torch.nn.GroupNorm) for m in plain_model.model.head.modules()) == 8
+    plain = plain_model.model.state_dict()
     assert not torch.equal(plain["fpn.lateral.2.weight"], theirs["backbone.fpn.inner_blocks.2.0.weight"])
 
 

@@ -207,3 +207,14 @@ def test_invalid_yaml_and_non_mapping_files_are_config_errors(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(str(tmp_path / "list.yaml"))
+
+
+def test_retinanet_scratch_gn_is_the_scratch_config_with_a_gn_head():
+    # A base may not name another base, so retinanet_r18_scratch_gn.yaml repeats retinanet_r18_scratch.yaml's keys:
+    # nothing but the head's norm (and the name) may differ.
+    names = ("retinanet_r18_scratch_gn.yaml", "retinanet_r18_scratch.yaml")
+    gn, plain = (config_to_dict(load_config(n)) for n in names)
+    assert (gn["model"]["head"]["norm"], plain["model"]["head"]["norm"]) == ("gn", None)
+    for cfg in (gn, plain):
+        cfg["model"]["head"]["norm"] = cfg["name"] = None
+    assert gn == plain

@@ -26,6 +26,20 @@ def test_same_model_as_torchvisions_builder(kind, builder):
     assert ours.backbone.fpn.extra_blocks.use_P5                      # P6 from P5, as both builders do
 
 
+def test_retinanet_v2_as_torchvisions_v2_builder():
+    ours = torchvision_models.build_torchvision_detector("retinanet_v2", 50, 256, num_classes=91, min_size=800,
+                                                         max_size=1333)
+    reference = detection.retinanet_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=91)
+    shapes = {name: tuple(p.shape) for name, p in ours.named_parameters()}
+    assert shapes == {name: tuple(p.shape) for name, p in reference.named_parameters()}
+    assert all(p.requires_grad for p in ours.parameters())
+    assert not ours.backbone.fpn.extra_blocks.use_P5                  # P6 from C5 (2048 channels)
+    assert ours.head.regression_head._loss_type == "giou"
+    assert sum(isinstance(m, torch.nn.GroupNorm) for m in ours.head.modules()) == 8
+    with pytest.raises(ValueError, match="width"):
+        torchvision_models.build_torchvision_detector("retinanet_v2", 18, 512, 1, 320, 427)
+
+
 def test_inputs_drop_padding_and_crowd_rows():
     images = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).view(2, 3, 4, 6)
     targets = {"image_sizes": torch.tensor([[4, 6], [2, 3]]), "boxes": torch.arange(16.0).view(2, 2, 4),
