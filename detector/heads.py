@@ -107,7 +107,8 @@ class DenseHead(nn.Module):
 
 
 class RetinaNetHead(DenseHead):
-    """Focal Loss for Dense Object Detection (Lin et al. 2017): 9 anchors per location, no norm."""
+    """Focal Loss for Dense Object Detection (Lin et al. 2017): 9 anchors per location, no norm by default
+    (model.head.norm: gn adds GroupNorm to the towers, as torchvision's retinanet_resnet50_fpn_v2)."""
 
 
 class ATSSHead(DenseHead):

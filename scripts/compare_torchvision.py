@@ -149,6 +149,9 @@ class Ours:
         if args.init_from_torchvision:
             overrides.append("model.fpn.extra_from=p5")
         self.cfg = load_config(config, overrides)
+        if args.init_from_torchvision and self.cfg.model.head.norm is not None:
+            raise SystemExit(f"--init-from-torchvision: {config} has model.head.norm={self.cfg.model.head.norm}, "
+                             "torchvision's RetinaNet head has no norm; use a config without one")
         self.description = f"{config} + {' '.join(overrides)}"
         self.model = build_model(self.cfg.model, num_classes)
         if args.init_from_torchvision:   # the weights torchvision's RetinaNet gets after the same manual_seed

@@ -22,7 +22,7 @@ def build_torchvision_detector(kind, depth, width, num_classes, min_size, max_si
     from torchvision.models import resnet
     from torchvision.models.detection import FCOS, RetinaNet
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
-    from torchvision.models.detection.retinanet import RetinaNetHead
+    from torchvision.models.detection.retinanet import RetinaNetHead, _default_anchorgen
     from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
     if kind not in KINDS:
@@ -43,7 +43,8 @@ def build_torchvision_detector(kind, depth, width, num_classes, min_size, max_si
     elif kind == "retinanet":
         model = RetinaNet(backbone, num_classes, **kwargs)
     else:
-        head = RetinaNetHead(width, 9, num_classes, norm_layer=functools.partial(nn.GroupNorm, 32))
+        num_anchors = _default_anchorgen().num_anchors_per_location()[0]
+        head = RetinaNetHead(width, num_anchors, num_classes, norm_layer=functools.partial(nn.GroupNorm, 32))
         head.regression_head._loss_type = "giou"
         model = RetinaNet(backbone, num_classes, head=head, **kwargs)
     model.transform.resize = lambda image, target: (image, target)   # our loader resized and normalised

@@ -49,3 +49,10 @@ def test_init_from_torchvision_is_refused_for_other_models(models, capsys):
     with pytest.raises(SystemExit):
         compare.parse_args(ARGS + ["--models", models, "--init-from-torchvision"])
     assert "--init-from-torchvision" in capsys.readouterr().err
+
+
+def test_init_from_torchvision_refuses_a_config_with_a_head_norm():
+    args = compare.parse_args(ARGS + ["--models", "retinanet", "--init-from-torchvision",
+                                      "--ours-config", "retinanet=retinanet_r18_scratch_gn.yaml"])
+    with pytest.raises(SystemExit, match="head.norm=gn"):
+        compare.build("retinanet", args, 2)

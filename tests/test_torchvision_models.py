@@ -34,7 +34,7 @@ def test_retinanet_v2_as_torchvisions_v2_builder():
     assert shapes == {name: tuple(p.shape) for name, p in reference.named_parameters()}
     assert all(p.requires_grad for p in ours.parameters())
     assert not ours.backbone.fpn.extra_blocks.use_P5                  # P6 from C5 (2048 channels)
-    assert ours.head.regression_head._loss_type == "giou"
+    assert ours.head.regression_head._loss_type == reference.head.regression_head._loss_type == "giou"
     assert sum(isinstance(m, torch.nn.GroupNorm) for m in ours.head.modules()) == 8
     with pytest.raises(ValueError, match="width"):
         torchvision_models.build_torchvision_detector("retinanet_v2", 18, 512, 1, 320, 427)
